@@ -1,0 +1,137 @@
+"""Self-checks for lessons and graded exercises.
+
+Three tools:
+
+* :func:`compare` - "does my tensor equal the reference?" printed as
+  exact / close / max difference (the habit of checking every piece you build);
+* :func:`expect_close` - a measured number against its published reference,
+  with an explicit tolerance (CPU and GPU runs must both pass it);
+* :class:`Question` - one graded exercise task. ``check(answer)`` prints
+  ``not attempted``, ``incorrect`` (with a hint, never the answer) or ``correct``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+NOT_ATTEMPTED = "not attempted"
+INCORRECT = "incorrect"
+CORRECT = "correct"
+
+
+def compare(name: str, ours: torch.Tensor, reference: torch.Tensor, atol: float = 1e-5) -> bool:
+    """Print whether ``ours`` equals ``reference`` exactly, closely, or not; return closeness.
+
+    The maximum difference is printed in scientific notation with one digit, so
+    the line reads the same on any machine for a genuinely tiny difference.
+    """
+    exact = torch.equal(ours, reference)
+    close = exact or (ours.shape == reference.shape and torch.allclose(ours, reference, atol=atol, rtol=0))
+    if ours.shape != reference.shape:
+        print(f"{name:<28} shapes differ: {tuple(ours.shape)} vs {tuple(reference.shape)}")
+        return False
+    diff = (ours.float() - reference.float()).abs().max().item()
+    verdict = "exact" if exact else ("close" if close else "DIFFERENT")
+    bound = "0" if exact else (f"<= {atol:.0e}" if close else f"{diff:.1e}")
+    print(f"{name:<28} {verdict:<9} max abs diff {bound}")
+    return close
+
+
+def expect_close(name: str, value: float, reference: float, tol: float) -> None:
+    """Assert ``|value - reference| <= tol`` and print the (value-free) outcome.
+
+    The printed line shows the reference and the tolerance, not the measured
+    value: it is identical on every machine that passes, which keeps stored
+    notebook outputs valid on CPUs and GPUs alike. Print the value itself in a
+    cell whose output the tests ignore.
+    """
+    if abs(value - reference) > tol:
+        raise AssertionError(
+            f"{name}: measured {value:.4f}, expected {reference:.4f} +/- {tol}. "
+            "Different library versions or hardware can move results a little; "
+            "a large gap usually means a bug or a changed setting."
+        )
+    print(f"[OK] {name} within {tol} of the reference {reference}")
+
+
+class NotAttempted(Exception):
+    """Raised by a grader when the learner has not filled the task in yet."""
+
+
+@dataclass
+class Question:
+    """One graded task.
+
+    ``grader(answer)`` raises ``AssertionError(message)`` when the answer is wrong;
+    the message must help without revealing the answer. An answer of ``None``
+    (the exercise stub) or code that raises ``NotImplementedError`` counts as
+    not attempted.
+    """
+
+    title: str
+    grader: Callable[[Any], None]
+    hint: str
+
+    def check(self, answer: Any) -> str:
+        status, message = self._grade(answer)
+        label = {NOT_ATTEMPTED: "[not attempted]", INCORRECT: "[incorrect]", CORRECT: "[correct]"}[status]
+        print(f"{label} {self.title}" + (f": {message}" if message else ""))
+        return status
+
+    def _grade(self, answer: Any) -> tuple[str, str]:
+        if answer is None or answer is Ellipsis:
+            return NOT_ATTEMPTED, "replace the placeholder with your answer, then run this cell again."
+        try:
+            self.grader(answer)
+        except (NotImplementedError, NotAttempted):
+            return NOT_ATTEMPTED, "fill in the TODO, then run this cell again."
+        except AssertionError as error:
+            return INCORRECT, f"{error} Hint: {self.hint}"
+        return CORRECT, ""
+
+
+def grade_number(expected: float, tol: float = 0.0, what: str = "value") -> Callable[[Any], None]:
+    """A grader for a numeric answer, exact or within ``tol``."""
+
+    def grader(answer: Any) -> None:
+        assert isinstance(answer, (int, float)) and not isinstance(answer, bool), (
+            f"Expected a number for the {what}, got {type(answer).__name__}."
+        )
+        if abs(answer - expected) > tol:
+            direction = "high" if answer > expected else "low"
+            raise AssertionError(f"Your {what} is too {direction}.")
+
+    return grader
+
+
+def grade_choice(expected: str, options: tuple[str, ...]) -> Callable[[Any], None]:
+    """A grader for a multiple-choice answer given as one of ``options``."""
+
+    def grader(answer: Any) -> None:
+        assert answer in options, f"Answer with one of {list(options)}."
+        assert answer == expected, "That is not the option the measurements support."
+
+    return grader
+
+
+def grade_function(
+    make_inputs: Callable[[], tuple], reference: Callable[..., torch.Tensor], atol: float = 1e-5
+) -> Callable[[Any], None]:
+    """A grader for a function: it must match ``reference`` on generated inputs."""
+
+    def grader(function: Any) -> None:
+        assert callable(function), "Pass the function itself (no parentheses)."
+        inputs = make_inputs()
+        expected = reference(*inputs)
+        result = function(*inputs)
+        assert isinstance(result, torch.Tensor), f"Return a tensor, not {type(result).__name__}."
+        assert result.shape == expected.shape, (
+            f"Output shape {tuple(result.shape)} is not the expected {tuple(expected.shape)}."
+        )
+        assert torch.allclose(result, expected, atol=atol, rtol=0), "The shape is right but the values differ."
+
+    return grader

@@ -1,0 +1,169 @@
+"""Measuring what PEFT is about: parameters, time and memory.
+
+Timings and memory depend on the machine, so the lessons print them in a fixed
+format (``12.3 ms``, ``45.6 MB``) that the notebook tests know to ignore.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (shared tensors counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for parameter in model.parameters():
+        if id(parameter) in seen or (trainable_only and not parameter.requires_grad):
+            continue
+        seen.add(id(parameter))
+        total += parameter.numel()
+    return total
+
+
+def trainable_summary(model: nn.Module) -> str:
+    """One line: trainable / total parameters and the percentage."""
+    trainable = count_parameters(model, trainable_only=True)
+    total = count_parameters(model)
+    return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
+
+
+def trainable_by_module(model: nn.Module, depth: int = 2) -> dict[str, int]:
+    """Trainable parameters grouped by the first ``depth`` parts of their names.
+
+    Layer numbers are replaced by ``*`` so all layers add up in one row.
+    """
+    groups: dict[str, int] = defaultdict(int)
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            parts = ["*" if part.isdigit() else part for part in name.split(".")]
+            groups[".".join(parts[: depth + parts[:depth].count("*")])] += parameter.numel()
+    return dict(groups)
+
+
+def format_ms(seconds: float) -> str:
+    return f"{1000 * seconds:.1f} ms"
+
+
+def format_mb(num_bytes: float) -> str:
+    return f"{num_bytes / 2**20:.1f} MB"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def latency(model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 20, warmup: int = 3) -> float:
+    """Median seconds of one forward pass on ``batch`` (inference mode)."""
+    model.eval()
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    times = []
+    for i in range(warmup + repeats):
+        _sync(device)
+        start = time.perf_counter()
+        model(**batch)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def compare_latency(models: dict[str, nn.Module], batch: dict[str, torch.Tensor],
+                    rounds: int = 5, repeats: int = 10) -> dict[str, float]:
+    """Median latency of several models, measured interleaved.
+
+    Running A, B, A, B, ... instead of all A then all B keeps slow drifts of the
+    machine (another program, CPU clock changes) from favouring one model.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            samples[name].append(latency(model, batch, repeats=repeats, warmup=1))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def train_step_time(model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 5) -> float:
+    """Median seconds of forward + backward + optimizer step on ``batch``.
+
+    Uses AdamW with learning rate 0, so measuring does not change the weights.
+    """
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    labels = batch.pop("labels")
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=0.0, weight_decay=0.0)
+    model.train()
+    times = []
+    for i in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        loss = nn.functional.cross_entropy(model(**batch), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        if i > 0:  # the first step allocates optimizer state
+            times.append(time.perf_counter() - start)
+    model.eval()
+    return statistics.median(times)
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device | None = None) -> int:
+    """Peak extra memory (bytes) used while ``fn()`` runs.
+
+    On CUDA this is PyTorch's own allocator peak. On the CPU PyTorch keeps no
+    such counter, so we sample the process' resident memory every millisecond
+    and report the highest value above the starting point: an approximation,
+    good to a few MB.
+    """
+    device = device or torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+
+    import psutil
+
+    process = psutil.Process()
+    before = process.memory_info().rss
+    peak = before
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, process.memory_info().rss)
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    return max(0, peak - before)
+
+
+def training_memory_estimate(model: nn.Module) -> dict[str, int]:
+    """Bytes for weights, gradients and AdamW state: exact, no measurement needed.
+
+    Gradients exist only for trainable parameters; AdamW keeps two more tensors
+    (first and second moments) per trainable parameter.
+    """
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return {"weights": total, "gradients": trainable, "optimizer_state": 2 * trainable}

@@ -1,0 +1,1 @@
+"""From-scratch reference implementations of the PEFT methods taught in the course."""

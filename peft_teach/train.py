@@ -1,0 +1,186 @@
+"""One small, seeded training loop used by every lesson.
+
+It trains whatever parameters have ``requires_grad=True`` (so each PEFT method
+only has to freeze the rest), evaluates once per epoch and records a history.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and GPU) in one call."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def enable_determinism() -> None:
+    """Ask PyTorch for deterministic kernels, so a rerun gives the same numbers.
+
+    ``warn_only`` keeps the few ops without a deterministic version usable.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by cuBLAS
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def get_device() -> torch.device:
+    """The best available device: CUDA, then Apple's MPS, then the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def progress_enabled() -> bool:
+    """Progress bars are on, unless PEFT_TEACH_PROGRESS=0 (the tests set it)."""
+    return os.environ.get("PEFT_TEACH_PROGRESS", "1") != "0"
+
+
+def make_loader(
+    dataset: Dataset, tokenizer, batch_size: int = 32, shuffle: bool = False,
+    seed: int = 0, max_length: int = 256,
+) -> DataLoader:
+    """Batches of tokenized text, padded to the longest example in each batch."""
+
+    def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = tokenizer([row["text"] for row in rows], padding=True, truncation=True,
+                          max_length=max_length, return_tensors="pt")
+        batch = {key: batch[key] for key in ("input_ids", "attention_mask")}
+        batch["labels"] = torch.tensor([row["label"] for row in rows])
+        return batch
+
+    # An explicit generator makes the shuffling order part of the seed.
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
+                      generator=generator)
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, tokenizer, batch_size: int = 64,
+            max_length: int = 256) -> torch.Tensor:
+    """Logits for every example of ``dataset`` (on the CPU)."""
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = []
+    for batch in make_loader(dataset, tokenizer, batch_size, max_length=max_length):
+        batch = _to(batch, device)
+        labels = batch.pop("labels")
+        del labels
+        outputs.append(model(**batch).float().cpu())
+    return torch.cat(outputs)
+
+
+def evaluate(model: nn.Module, dataset: Dataset, tokenizer, batch_size: int = 64,
+             max_length: int = 256) -> float:
+    """Accuracy of ``model`` on ``dataset`` (a fraction between 0 and 1)."""
+    logits = predict(model, dataset, tokenizer, batch_size, max_length)
+    labels = torch.tensor(dataset["label"])
+    return (logits.argmax(dim=-1) == labels).float().mean().item()
+
+
+@dataclass
+class History:
+    """What happened during training, for tables and plots."""
+
+    train_loss: list[float] = field(default_factory=list)  # one value per step
+    eval_accuracy: list[float] = field(default_factory=list)  # one value per epoch
+    step_seconds: list[float] = field(default_factory=list)  # wall time per step
+    trainable_parameters: int = 0
+
+    @property
+    def final_accuracy(self) -> float:
+        return self.eval_accuracy[-1] if self.eval_accuracy else float("nan")
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Median step time, first step (warm-up) excluded."""
+        times = self.step_seconds[1:] or self.step_seconds
+        return float(np.median(times)) if times else float("nan")
+
+
+def train(
+    model: nn.Module,
+    tokenizer,
+    data: DatasetDict,
+    *,
+    epochs: int = 3,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    weight_decay: float = 0.0,
+    warmup_ratio: float = 0.1,
+    seed: int = 0,
+    max_length: int = 256,
+    eval_split: str | None = "validation",
+    extra_loss=None,
+    device: torch.device | None = None,
+) -> History:
+    """Train the parameters of ``model`` that require gradients.
+
+    AdamW with linear warm-up then linear decay; cross-entropy on ``labels``.
+    ``extra_loss(model)`` may return a regulariser added to the loss (fusion's
+    pull toward identity uses it). Returns a :class:`History`.
+    """
+    set_seed(seed)
+    device = device or get_device()
+    model.to(device)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError("No parameter requires a gradient: nothing to train. Did you freeze everything?")
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    loader = make_loader(data["train"], tokenizer, batch_size, shuffle=True, seed=seed, max_length=max_length)
+    total_steps = epochs * len(loader)
+    warmup = max(1, int(warmup_ratio * total_steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / (total_steps - warmup + 1)))
+    )
+    history = History(trainable_parameters=sum(p.numel() for p in parameters))
+    bar = _progress(total_steps)
+    for _ in range(epochs):
+        model.train()
+        for batch in loader:
+            start = time.perf_counter()
+            batch = _to(batch, device)
+            labels = batch.pop("labels")
+            loss = nn.functional.cross_entropy(model(**batch), labels)
+            if extra_loss is not None:
+                loss = loss + extra_loss(model)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            history.step_seconds.append(time.perf_counter() - start)
+            history.train_loss.append(loss.item())
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        if eval_split is not None:
+            history.eval_accuracy.append(evaluate(model, data[eval_split], tokenizer, max_length=max_length))
+    if bar is not None:
+        bar.close()
+    model.eval()
+    return history
+
+
+def _progress(total: int):
+    if not progress_enabled():
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="training", leave=False)
