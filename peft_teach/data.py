@@ -95,6 +95,11 @@ NEGATED_VERBS = [
     "was not", "did not seem", "never felt", "hardly seemed", "wasn't", "didn't look",
     "was far from", "did not turn out", "was by no means", "was not at all",
 ]
+# How often a verdict is phrased through negation, and how often a review has a
+# contrasting clause. Both are what a frozen bag-of-words view cannot resolve.
+P_NEGATION = 0.35
+P_CONTRAST = 0.5
+
 INTENSIFIERS = ["", "", "", "really ", "quite ", "very ", "genuinely ", "surprisingly ", "pretty "]
 NEGATED_INTENSIFIERS = ["", "", "", "particularly ", "exactly ", "all that "]
 
@@ -155,7 +160,7 @@ class Review:
 
 def _clause(rng: random.Random, domain: str, aspect: str, positive: bool) -> tuple[str, bool]:
     """A clause with the requested meaning; half the time said through negation."""
-    negated = rng.random() < 0.5
+    negated = rng.random() < P_NEGATION
     # "was not rude" is positive: a negated clause takes the opposite adjective.
     adjective = rng.choice(ADJECTIVES[aspect][positive != negated])
     verb = rng.choice(NEGATED_VERBS if negated else VERBS)
@@ -175,7 +180,7 @@ def generate_review(rng: random.Random, n_fillers: int = 0) -> Review:
     positive = rng.random() < 0.5
     verdict, negated = _clause(rng, domain, aspect, positive)
 
-    if rng.random() < 0.3:  # a single clause
+    if rng.random() >= P_CONTRAST:  # a single clause
         core = _sentence_case(verdict) + "."
     else:  # a contrast: the other clause has the opposite polarity, usually another aspect
         other_aspect = rng.choice([a for a in ASPECTS if a != aspect] + [aspect])
@@ -288,3 +293,63 @@ def label_names(dataset: Dataset | DatasetDict) -> list[str]:
     if isinstance(dataset, DatasetDict):
         dataset = next(iter(dataset.values()))
     return list(dataset.features["label"].names)
+
+
+# ---------------------------------------------------------------------------
+# Real datasets from the Hugging Face Hub (opt-in, needs internet once).
+
+# GLUE task -> (first text column, second text column or None)
+GLUE_COLUMNS = {"sst2": ("sentence", None), "rte": ("sentence1", "sentence2"),
+                "mrpc": ("sentence1", "sentence2"), "cola": ("sentence", None)}
+
+
+def load_glue(name: str, path: str | None = None, seed: int = 0) -> DatasetDict:
+    """A GLUE task in the course format (``text``, optional ``text_pair``, ``label``).
+
+    GLUE hides its test labels, so the course's validation and test splits are
+    the two halves of GLUE's validation split (shuffled with ``seed``).
+    ``path`` loads a copy saved with ``DatasetDict.save_to_disk`` instead of
+    downloading, which is how the tests check this code offline.
+    """
+    if name not in GLUE_COLUMNS:
+        raise KeyError(f"Unknown GLUE task {name!r}. Supported: {sorted(GLUE_COLUMNS)}")
+    raw = _load_saved(path) if path is not None else _download_glue(name)
+    first, second = GLUE_COLUMNS[name]
+    features = raw["train"].features["label"]
+
+    def convert(split: Dataset) -> Dataset:
+        columns = {"text": split[first], "label": split["label"]}
+        if second is not None:
+            columns["text_pair"] = split[second]
+        schema = {"text": Value("string"), "label": ClassLabel(names=features.names)}
+        if second is not None:
+            schema["text_pair"] = Value("string")
+        return Dataset.from_dict(columns, features=Features(schema))
+
+    held_out = convert(raw["validation"]).shuffle(seed=seed)
+    half = len(held_out) // 2
+    return DatasetDict({
+        "train": convert(raw["train"]),
+        "validation": held_out.select(range(half)),
+        "test": held_out.select(range(half, len(held_out))),
+    })
+
+
+def _load_saved(path: str) -> DatasetDict:
+    from datasets import load_from_disk
+
+    return load_from_disk(path)
+
+
+def _download_glue(name: str) -> DatasetDict:
+    from datasets import load_dataset
+
+    from .models import HubUnavailableError, hub_reachable
+
+    if not hub_reachable():
+        raise HubUnavailableError(
+            f"Cannot download GLUE/{name}: the Hugging Face Hub is not reachable (offline?). "
+            "The course's own tasks need no internet: use load_task('sentiment') and friends, "
+            "or load a saved copy with load_glue(name, path=...)."
+        )
+    return load_dataset("nyu-mll/glue", name)

@@ -35,16 +35,23 @@ def trainable_summary(model: nn.Module) -> str:
     return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
 
 
-def trainable_by_module(model: nn.Module, depth: int = 2) -> dict[str, int]:
+def trainable_by_module(model: nn.Module, depth: int = 3) -> dict[str, int]:
     """Trainable parameters grouped by the first ``depth`` parts of their names.
 
-    Layer numbers are replaced by ``*`` so all layers add up in one row.
+    Layer numbers become ``*`` and do not count as a part, so every layer adds
+    up in one row: ``encoder.layer.*.attention`` for depth 3.
     """
     groups: dict[str, int] = defaultdict(int)
     for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            parts = ["*" if part.isdigit() else part for part in name.split(".")]
-            groups[".".join(parts[: depth + parts[:depth].count("*")])] += parameter.numel()
+        if not parameter.requires_grad:
+            continue
+        kept, named = [], 0
+        for part in name.split("."):
+            if named == depth:
+                break
+            kept.append("*" if part.isdigit() else part)
+            named += not part.isdigit()
+        groups[".".join(kept)] += parameter.numel()
     return dict(groups)
 
 

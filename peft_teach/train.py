@@ -56,7 +56,9 @@ def make_loader(
     """Batches of tokenized text, padded to the longest example in each batch."""
 
     def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
-        batch = tokenizer([row["text"] for row in rows], padding=True, truncation=True,
+        texts = [row["text"] for row in rows]
+        pairs = [row["text_pair"] for row in rows] if "text_pair" in rows[0] else None  # RTE, MRPC
+        batch = tokenizer(texts, pairs, padding=True, truncation=True,
                           max_length=max_length, return_tensors="pt")
         batch = {key: batch[key] for key in ("input_ids", "attention_mask")}
         batch["labels"] = torch.tensor([row["label"] for row in rows])
@@ -81,8 +83,7 @@ def predict(model: nn.Module, dataset: Dataset, tokenizer, batch_size: int = 64,
     outputs = []
     for batch in make_loader(dataset, tokenizer, batch_size, max_length=max_length):
         batch = _to(batch, device)
-        labels = batch.pop("labels")
-        del labels
+        batch.pop("labels")
         outputs.append(model(**batch).float().cpu())
     return torch.cat(outputs)
 

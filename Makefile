@@ -1,0 +1,61 @@
+# PEFT from Scratch - the two commands of the quick start, and their helpers.
+#
+#   make course   create .venv if needed, then open the lessons in JupyterLab
+#   make test     create the environments if needed, then run the whole test suite
+#
+# torch is installed first and on its own: a plain "torch" requirement would pull a
+# multi-GB CUDA build on Linux. Override TORCH_SPEC / TORCH_INDEX for your platform,
+# e.g.  make test TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
+
+PYTHON      ?= python3
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+VENV        := .venv
+AH_VENV     := .venv-adapterhub
+BIN         := $(VENV)/bin
+AH_BIN      := $(AH_VENV)/bin
+# The default path must never need the network: the tests run with the Hub switched off.
+OFFLINE     := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PEFT_TEACH_PROGRESS=0
+
+.PHONY: course test test-main test-adapterhub venv adapterhub-env exercises execute clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements-lock.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -r requirements-lock.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+# AdapterHub's `adapters` 1.3 needs transformers 4.57, so its parity test lives in its own venv.
+adapterhub-env: $(AH_VENV)/.installed
+$(AH_VENV)/.installed: requirements-adapterhub.txt pyproject.toml
+	$(PYTHON) -m venv $(AH_VENV)
+	$(AH_BIN)/python -m pip install --quiet --upgrade pip
+	$(AH_BIN)/python -m pip install --quiet $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(AH_BIN)/python -m pip install --quiet -r requirements-adapterhub.txt
+	$(AH_BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+course: venv
+	$(BIN)/jupyter lab notebooks/
+
+test: test-main test-adapterhub
+
+test-main: venv
+	$(OFFLINE) $(BIN)/python -m pytest
+
+test-adapterhub: adapterhub-env
+	$(OFFLINE) $(AH_BIN)/python -m pytest tests/adapterhub -o addopts="" -p no:cacheprovider
+
+exercises: venv
+	$(BIN)/python scripts/make_exercises.py
+
+# Re-execute lessons and practice notebooks (stores outputs and runtimes), then regenerate exercises.
+execute: venv
+	$(BIN)/python scripts/execute_notebooks.py notebooks/*.ipynb solutions/*.ipynb
+	$(BIN)/python scripts/make_exercises.py
+
+clean:
+	rm -rf $(VENV) $(AH_VENV) artifacts

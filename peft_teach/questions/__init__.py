@@ -1,0 +1,1 @@
+"""Graded questions of the practice notebooks, one module per lesson (lesson_NN.py)."""

@@ -1,0 +1,67 @@
+import torch
+from torch import nn
+
+from peft_teach import measure
+
+
+def test_counts_and_summary():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    model[0].weight.requires_grad_(False)
+    assert measure.count_parameters(model) == 4 * 3 + 3 + 3 * 2 + 2
+    assert measure.count_parameters(model, trainable_only=True) == 3 + 3 * 2 + 2
+    assert measure.trainable_summary(model) == "trainable parameters: 11 of 23 (47.83%)"
+
+
+def test_shared_parameters_count_once():
+    shared = nn.Linear(2, 2)
+    assert measure.count_parameters(nn.Sequential(shared, shared)) == 6
+
+
+def test_trainable_by_module_merges_layers(tiny_bert):
+    import copy
+
+    model = copy.deepcopy(tiny_bert)
+    for name, p in model.named_parameters():
+        p.requires_grad_("attention.self.query" in name)
+    assert measure.trainable_by_module(model, depth=3) == {"encoder.layer.*.attention": 2 * (32 * 32 + 32)}
+    assert measure.trainable_by_module(model, depth=1) == {"encoder": 2 * (32 * 32 + 32)}
+
+
+def test_memory_estimate_is_exact():
+    model = nn.Linear(10, 10)
+    model.bias.requires_grad_(False)
+    assert measure.training_memory_estimate(model) == {"weights": 440, "gradients": 400, "optimizer_state": 800}
+
+
+def test_timing_helpers_run_and_do_not_change_weights(tiny_bert):
+    import copy
+
+    model = copy.deepcopy(tiny_bert)
+    classifier = nn.Sequential()
+    batch = {"input_ids": torch.randint(0, 100, (2, 8)), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.head = model, nn.Linear(32, 2)
+
+        def forward(self, input_ids, attention_mask):
+            return self.head(self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0])
+
+    del classifier
+    net = Head()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert measure.latency(net, batch, repeats=2, warmup=1) > 0
+    assert measure.train_step_time(net, {**batch, "labels": torch.tensor([0, 1])}, repeats=2) > 0
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert set(measure.compare_latency({"a": net, "b": net}, batch, rounds=1, repeats=1)) == {"a", "b"}
+
+
+def test_peak_memory_sees_a_large_allocation():
+    grown = measure.peak_memory(lambda: torch.ones(64 * 2**20 // 4).add_(1).sum())
+    assert grown > 32 * 2**20
+
+
+def test_formats():
+    assert measure.format_ms(0.01234) == "12.3 ms"
+    assert measure.format_mb(3 * 2**20) == "3.0 MB"

@@ -1,0 +1,66 @@
+import torch
+
+from peft_teach import data, train
+from peft_teach.methods.inject import freeze, unfreeze_matching
+from peft_teach.models import build_classifier
+
+
+def _small(task="topic", n=64):
+    suite = data.load_task(task)
+    return {"train": suite["train"].select(range(n)), "validation": suite["validation"].select(range(32))}
+
+
+def test_loader_pads_per_batch_and_keeps_order(tokenizer):
+    split = data.load_task("topic")["train"].select(range(10))
+    batches = list(train.make_loader(split, tokenizer, batch_size=4))
+    assert [b["input_ids"].shape[0] for b in batches] == [4, 4, 2]
+    assert batches[0]["labels"].tolist() == split["label"][:4]
+    shuffled = [b["labels"].tolist() for b in train.make_loader(split, tokenizer, 4, shuffle=True, seed=1)]
+    again = [b["labels"].tolist() for b in train.make_loader(split, tokenizer, 4, shuffle=True, seed=1)]
+    assert shuffled == again
+
+
+def test_head_only_training_changes_only_the_head_and_is_reproducible(tokenizer):
+    results = []
+    for _ in range(2):
+        model = build_classifier(4, seed=0)
+        freeze(model)
+        unfreeze_matching(model, "head.")
+        encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+        head_before = model.head.weight.clone()
+        history = train.train(model, tokenizer, _small(), epochs=1, lr=1e-2, batch_size=16, seed=0)
+        assert all(torch.equal(encoder_before[k], v) for k, v in model.encoder.state_dict().items())
+        assert not torch.equal(head_before, model.head.weight)
+        assert len(history.train_loss) == 4 and len(history.eval_accuracy) == 1
+        assert history.trainable_parameters == 384 * 4 + 4
+        results.append((history.train_loss, history.final_accuracy, model.head.weight.clone()))
+    assert results[0][0] == results[1][0] and results[0][1] == results[1][1]
+    assert torch.equal(results[0][2], results[1][2])
+
+
+def test_training_learns_an_easy_task(tokenizer):
+    model = build_classifier(4, seed=0)
+    freeze(model)
+    unfreeze_matching(model, "head.")
+    suite = _small("topic", n=256)
+    before = train.evaluate(model, suite["validation"], tokenizer)
+    history = train.train(model, tokenizer, suite, epochs=3, lr=1e-2, batch_size=32, seed=0)
+    assert history.final_accuracy > before + 0.2
+    assert history.train_loss[-1] < history.train_loss[0]
+
+
+def test_nothing_trainable_is_an_error(tokenizer):
+    import pytest
+
+    model = build_classifier(2)
+    freeze(model)
+    with pytest.raises(ValueError, match="freeze"):
+        train.train(model, tokenizer, _small("sentiment"), epochs=1)
+
+
+def test_get_device_and_seed():
+    assert train.get_device().type in {"cpu", "cuda", "mps"}
+    train.set_seed(5)
+    a = torch.rand(3)
+    train.set_seed(5)
+    assert torch.equal(a, torch.rand(3))
