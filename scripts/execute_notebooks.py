@@ -13,23 +13,32 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIMES = ROOT / "runtimes.json"
 
 
-def execute(path: Path, timeout: int = 600) -> float:
+def execute(path: Path, timeout: int = 3000) -> float:
     notebook = nbformat.read(path, as_version=4)
     os.environ["PEFT_TEACH_PROGRESS"] = "0"
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
-    client.execute()
+    try:
+        client.execute()
+    except CellExecutionError:
+        # Keep what ran, for debugging, without touching the stored notebook.
+        failed = Path(tempfile.gettempdir()) / f"FAILED_{path.name}"
+        nbformat.write(notebook, failed)
+        print(f"{path}: failed; partial outputs in {failed}")
+        raise
     seconds = time.perf_counter() - start
     notebook.metadata.setdefault("peft_teach", {})["runtime_seconds"] = round(seconds)
     nbformat.write(notebook, path)
