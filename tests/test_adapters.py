@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
+from tiny_models import hidden, perturb
 from peft_teach.measure import count_parameters
 from peft_teach.methods import adapters as A
 from peft_teach.models import SequenceClassifier
@@ -27,21 +28,6 @@ def batch():
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0  # some padding
     return {"input_ids": ids, "attention_mask": mask}
-
-
-def hidden(model, batch):
-    with torch.no_grad():
-        return model.encoder(**batch).last_hidden_state
-
-
-def perturb(model, name, scale=0.5, seed=1):
-    """Give adapter ``name`` non-zero weights (a trained adapter, not the identity)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in A.adapter_layers(model).values():
-            if name in layer.adapters:
-                for p in layer.adapters[name].parameters():
-                    p.copy_(torch.randn(p.shape, generator=generator) * scale)
 
 
 def test_module_is_identity_at_init_and_count_matches_formula():

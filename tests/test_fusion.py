@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tiny_models import hidden, perturb
 from peft_teach.measure import count_parameters
 from peft_teach.methods import adapters as A
 from peft_teach.methods import fusion as F
@@ -31,20 +32,6 @@ def batch():
     mask[1, 6:] = 0
     return {"input_ids": ids, "attention_mask": mask}
 
-
-def hidden(model, batch):
-    with torch.no_grad():
-        return model.encoder(**batch).last_hidden_state
-
-
-def perturb(model, name, scale=0.5, seed=1):
-    """Give adapter ``name`` non-zero weights, as if it had been trained."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in A.adapter_layers(model).values():
-            if name in layer.adapters:
-                for p in layer.adapters[name].parameters():
-                    p.copy_(torch.randn(p.shape, generator=generator) * scale)
 
 NAMES = ["a", "b", "c"]
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModel, BertConfig, GPT2Config, LlamaConfig, T5Config
 
+from tiny_models import tiny_config
 from peft_teach.models import SequenceClassifier
 from peft_teach.methods.prefix import (
     add_prefix,
@@ -16,16 +17,6 @@ from peft_teach.methods.prefix import (
     prefix_share_per_layer,
     record_prefix_attention,
 )
-
-
-def tiny_config(kind: str):
-    common = dict(vocab_size=100, attn_implementation="eager")
-    if kind == "bert":
-        return BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, **common)
-    if kind == "gpt2":
-        return GPT2Config(n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0, **common)
-    return LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                       intermediate_size=64, bos_token_id=0, eos_token_id=0, **common)
 
 
 def tiny_classifier(kind: str = "bert") -> SequenceClassifier:

@@ -1,0 +1,33 @@
+"""Test helpers shared by several test files: tiny random-weight models and adapter utilities."""
+
+import torch
+from transformers import BertConfig, GPT2Config, LlamaConfig
+
+from peft_teach.methods import adapters as A
+
+
+def tiny_config(kind: str):
+    """A 2-layer config of each architecture family the methods support (no download)."""
+    common = dict(vocab_size=100, attn_implementation="eager")
+    if kind == "bert":
+        return BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, **common)
+    if kind == "gpt2":
+        return GPT2Config(n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0, **common)
+    return LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       intermediate_size=64, bos_token_id=0, eos_token_id=0, **common)
+
+
+def hidden(model, batch):
+    """Last hidden states of a classifier's encoder, without gradients."""
+    with torch.no_grad():
+        return model.encoder(**batch).last_hidden_state
+
+
+def perturb(model, name, scale=0.5, seed=1):
+    """Give adapter ``name`` non-zero weights, as if it had been trained (not the identity)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in A.adapter_layers(model).values():
+            if name in layer.adapters:
+                for p in layer.adapters[name].parameters():
+                    p.copy_(torch.randn(p.shape, generator=generator) * scale)
