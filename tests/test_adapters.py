@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from tiny_models import hidden, perturb
+from tiny_models import padded_batch, hidden, perturb
 from peft_teach.measure import count_parameters
 from peft_teach.methods import adapters as A
 from peft_teach.models import SequenceClassifier
@@ -23,11 +23,7 @@ def tiny_model(seed: int = 0, hidden: int = D, layers: int = LAYERS) -> Sequence
 
 @pytest.fixture
 def batch():
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, 100, (4, 10), generator=generator)
-    mask = torch.ones_like(ids)
-    mask[1, 6:] = 0  # some padding
-    return {"input_ids": ids, "attention_mask": mask}
+    return padded_batch()
 
 
 def test_module_is_identity_at_init_and_count_matches_formula():

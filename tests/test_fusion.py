@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tiny_models import hidden, perturb
+from tiny_models import padded_batch, hidden, perturb
 from peft_teach.measure import count_parameters
 from peft_teach.methods import adapters as A
 from peft_teach.methods import fusion as F
@@ -26,11 +26,7 @@ def tiny_model(seed: int = 0) -> SequenceClassifier:
 
 @pytest.fixture
 def batch():
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, 100, (4, 10), generator=generator)
-    mask = torch.ones_like(ids)
-    mask[1, 6:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
+    return padded_batch()
 
 
 NAMES = ["a", "b", "c"]

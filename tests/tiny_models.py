@@ -31,3 +31,23 @@ def perturb(model, name, scale=0.5, seed=1):
             if name in layer.adapters:
                 for p in layer.adapters[name].parameters():
                     p.copy_(torch.randn(p.shape, generator=generator) * scale)
+
+
+def padded_batch():
+    """Four random token sequences of length 10; the second has 4 padding positions."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 100, (4, 10), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def names_changed_by_one_step(model) -> set[str]:
+    """Take one large SGD step on random inputs; return the names of the parameters that moved."""
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    model.train()
+    logits = model(input_ids=torch.randint(1, 100, (4, 6)))
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 0, 1])).backward()
+    optimizer.step()
+    return {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
