@@ -116,6 +116,16 @@ class History:
         return float(np.median(times)) if times else float("nan")
 
 
+def parameter_groups(model: nn.Module, lr: float, head_lr: float | None = None) -> list[dict]:
+    """Trainable parameters as optimizer groups: one group, or the head apart with ``head_lr``."""
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if head_lr is None:
+        return [{"params": [p for _, p in trainable], "lr": lr}]
+    head = [p for name, p in trainable if name.startswith("head.")]
+    rest = [p for name, p in trainable if not name.startswith("head.")]
+    return [group for group in ({"params": rest, "lr": lr}, {"params": head, "lr": head_lr}) if group["params"]]
+
+
 def train(
     model: nn.Module,
     tokenizer,
@@ -123,6 +133,7 @@ def train(
     *,
     epochs: int = 3,
     lr: float = 1e-3,
+    head_lr: float | None = None,
     batch_size: int = 32,
     weight_decay: float = 0.0,
     warmup_ratio: float = 0.1,
@@ -136,7 +147,9 @@ def train(
 
     AdamW with linear warm-up then linear decay; cross-entropy on ``labels``.
     ``extra_loss(model)`` may return a regulariser added to the loss (fusion's
-    pull toward identity uses it). Returns a :class:`History`.
+    pull toward identity uses it). ``head_lr`` gives the classification head
+    (parameters named ``head.*``) its own learning rate: prompts and prefixes
+    want a large one, a linear head a small one. Returns a :class:`History`.
     """
     set_seed(seed)
     device = device or get_device()
@@ -144,7 +157,7 @@ def train(
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("No parameter requires a gradient: nothing to train. Did you freeze everything?")
-    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, lr, head_lr), lr=lr, weight_decay=weight_decay)
     loader = make_loader(data["train"], tokenizer, batch_size, shuffle=True, seed=seed, max_length=max_length)
     total_steps = epochs * len(loader)
     warmup = max(1, int(warmup_ratio * total_steps))

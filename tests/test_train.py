@@ -64,3 +64,23 @@ def test_get_device_and_seed():
     a = torch.rand(3)
     train.set_seed(5)
     assert torch.equal(a, torch.rand(3))
+
+
+def test_head_lr_gives_the_head_its_own_learning_rate(tokenizer):
+    from peft_teach.methods.prompts import add_soft_prompt
+
+    model = build_classifier(2, seed=0)
+    add_soft_prompt(model, length=2, seed=0)
+    groups = train.parameter_groups(model, lr=0.3, head_lr=1e-3)
+    by_lr = {group["lr"]: {id(p) for p in group["params"]} for group in groups}
+    assert by_lr[1e-3] == {id(model.head.weight), id(model.head.bias)}
+    assert by_lr[0.3] == {id(model.encoder.soft_prompt.weight)}
+    # without head_lr: one group with every trainable parameter
+    (single,) = train.parameter_groups(model, lr=0.3)
+    assert single["lr"] == 0.3 and len(single["params"]) == 3
+    # a head learning rate of 0 keeps the head fixed while the prompt moves
+    head_before, prompt_before = model.head.weight.clone(), model.encoder.soft_prompt.weight.clone()
+    train.train(model, tokenizer, _small("sentiment", n=16), epochs=1, lr=0.3, head_lr=0.0, batch_size=16,
+                eval_split=None)
+    assert torch.equal(model.head.weight, head_before)
+    assert not torch.equal(model.encoder.soft_prompt.weight, prompt_before)
