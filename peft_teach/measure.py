@@ -125,6 +125,16 @@ def train_step_time(model: nn.Module, batch: dict[str, torch.Tensor], repeats: i
     return statistics.median(times)
 
 
+def compare_train_step(models: dict[str, nn.Module], batch: dict[str, torch.Tensor],
+                       rounds: int = 5, repeats: int = 3) -> dict[str, float]:
+    """Median training-step time of several models, measured interleaved (see compare_latency)."""
+    samples: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            samples[name].append(train_step_time(model, batch, repeats=repeats))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def peak_memory(fn: Callable[[], object], device: torch.device | None = None) -> int:
     """Peak extra memory (bytes) used while ``fn()`` runs.
 

@@ -141,3 +141,18 @@ def test_round_trip_through_peft_format_keeps_head(tmp_path):
     with torch.no_grad():
         assert (fresh(**batch()) - ours(**batch())).abs().max() <= 1e-6
     copy.deepcopy(fresh)  # a loaded model is an ordinary module
+
+
+def test_benchmark_compares_identical_models_and_reports_ratios(tokenizer):
+    from peft_teach.benchmark import benchmark_lora, benchmark_report
+    from peft_teach.data import load_task
+    from peft_teach.train import make_loader
+
+    batch = next(iter(make_loader(load_task("topic")["validation"].select(range(4)), tokenizer, batch_size=4)))
+    results = benchmark_lora(batch, rounds=1, repeats=1)
+    assert results["logits_max_abs_diff_ours_vs_peft"] <= 1e-6
+    assert results["logits_max_abs_diff_merged_vs_unmerged"] <= 1e-5
+    assert results["train_ratio_ours_over_peft"] == results["train_step_ours_s"] / results["train_step_peft_s"]
+    assert all(results[key] > 0 for key in ("train_step_ours_s", "latency_base_s", "latency_merged_s"))
+    report = benchmark_report(results)
+    assert "ours / peft" in report and "merged / base" in report

@@ -1,0 +1,98 @@
+"""Our LoRA against peft's, and merged LoRA against the base model, side by side.
+
+Used by ``scripts/benchmark_lora.py`` (the full run) and by lesson 05 (a short
+run). On the same inputs and the same weights (A and B copied across) it
+measures:
+
+* training-step time (forward + backward + AdamW step): ours / peft   (target <= 1.05)
+* inference latency: merged LoRA / base model                        (target <= 1.03)
+* inference latency: unmerged LoRA / base model                      (the price of not merging)
+
+Every measurement is interleaved (A, B, A, B, ...) so that a slow drift of the
+machine does not favour one side. Timings depend on the machine and on what
+else runs on it, which is why this is a benchmark and not a timed test.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+from peft_teach.measure import compare_latency, compare_train_step, format_ms
+from peft_teach.methods.lora import add_lora, lora_layers, merge_lora
+from peft_teach.models import build_classifier
+
+TARGETS = ("query", "value")
+
+
+def lora_benchmark_models(r: int = 8, alpha: float = 16) -> dict[str, nn.Module]:
+    """base, ours (unmerged), ours (merged) and peft: same base weights, head, A and B."""
+    import peft
+
+    base = build_classifier(2, seed=0)
+    ours = copy.deepcopy(base)
+    add_lora(ours, targets=TARGETS, r=r, alpha=alpha)
+    theirs = copy.deepcopy(base)
+    config = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=list(TARGETS), lora_dropout=0.0)
+    with warnings.catch_warnings():  # a transformers 5 deprecation that peft reads, not ours
+        warnings.simplefilter("ignore", FutureWarning)
+        theirs.encoder = peft.get_peft_model(theirs.encoder, config)
+    generator = torch.Generator().manual_seed(0)
+    peft_modules = dict(theirs.encoder.named_modules())
+    with torch.no_grad():
+        for name, layer in lora_layers(ours).items():
+            # a non-zero B, so that the LoRA path really computes something
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator) * 0.01)
+            reference = peft_modules["base_model.model." + name.removeprefix("encoder.")]
+            reference.lora_A["default"].weight.copy_(layer.lora_A)
+            reference.lora_B["default"].weight.copy_(layer.lora_B)
+    merged = merge_lora(copy.deepcopy(ours))
+    models = {"base": base, "ours": ours, "merged": merged, "peft": theirs}
+    return {name: model.eval() for name, model in models.items()}  # eval: dropout off
+
+
+def benchmark_lora(batch: dict[str, torch.Tensor], r: int = 8, alpha: float = 16, rounds: int = 5,
+                   repeats: int = 10) -> dict[str, float]:
+    """Time the four models of :func:`lora_benchmark_models` on ``batch``; return seconds and ratios."""
+    models = lora_benchmark_models(r, alpha)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():  # same weights -> same logits: the comparison is fair
+        parity = (models["ours"](**inputs) - models["peft"](**inputs)).abs().max().item()
+        merge_gap = (models["ours"](**inputs) - models["merged"](**inputs)).abs().max().item()
+    train = compare_train_step({"ours": models["ours"], "peft": models["peft"]}, batch, rounds=rounds)
+    infer = compare_latency({n: models[n] for n in ("base", "merged", "ours")}, batch, rounds=rounds,
+                            repeats=repeats)
+    return {
+        "train_step_ours_s": train["ours"], "train_step_peft_s": train["peft"],
+        "train_ratio_ours_over_peft": train["ours"] / train["peft"],
+        "latency_base_s": infer["base"], "latency_merged_s": infer["merged"], "latency_unmerged_s": infer["ours"],
+        "latency_ratio_merged_over_base": infer["merged"] / infer["base"],
+        "latency_ratio_unmerged_over_base": infer["ours"] / infer["base"],
+        "logits_max_abs_diff_ours_vs_peft": parity, "logits_max_abs_diff_merged_vs_unmerged": merge_gap,
+        "batch_shape": list(batch["input_ids"].shape), "threads": torch.get_num_threads(), "rounds": rounds,
+    }
+
+
+def benchmark_report(results: dict[str, float]) -> str:
+    """The results as a small table (times in ms, ratios with their targets)."""
+    rows = [
+        ("train step: ours", format_ms(results["train_step_ours_s"]), ""),
+        ("train step: peft", format_ms(results["train_step_peft_s"]), ""),
+        ("  ours / peft", f"{results['train_ratio_ours_over_peft']:.3f}", "target <= 1.05"),
+        ("inference: base", format_ms(results["latency_base_s"]), ""),
+        ("inference: merged LoRA", format_ms(results["latency_merged_s"]), ""),
+        ("inference: unmerged LoRA", format_ms(results["latency_unmerged_s"]), ""),
+        ("  merged / base", f"{results['latency_ratio_merged_over_base']:.3f}", "target <= 1.03"),
+        ("  unmerged / base", f"{results['latency_ratio_unmerged_over_base']:.3f}", ""),
+    ]
+    lines = [
+        f"LoRA on {TARGETS}, batch {tuple(results['batch_shape'])}, {results['threads']} threads, "
+        f"{results['rounds']} interleaved rounds",
+        f"logits max |ours - peft| = {results['logits_max_abs_diff_ours_vs_peft']:.1e}, "
+        f"max |merged - unmerged| = {results['logits_max_abs_diff_merged_vs_unmerged']:.1e}",
+    ]
+    lines += [f"{name:<26} {value:>10}  {note}".rstrip() for name, value, note in rows]
+    return "\n".join(lines)
