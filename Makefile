@@ -17,7 +17,7 @@ AH_BIN      := $(AH_VENV)/bin
 # The default path must never need the network: the tests run with the Hub switched off.
 OFFLINE     := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PEFT_TEACH_PROGRESS=0
 
-.PHONY: course test test-main test-adapterhub venv adapterhub-env exercises execute clean
+.PHONY: course test test-main test-adapterhub venv adapterhub-env exercises execute precompute benchmark clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements-lock.txt pyproject.toml
@@ -58,6 +58,15 @@ exercises: venv
 execute: venv
 	$(BIN)/python scripts/execute_notebooks.py notebooks/*.ipynb solutions/*.ipynb
 	$(BIN)/python scripts/make_exercises.py
+
+# Re-run the comparisons too slow for a lesson (about 30 min on a 2-core CPU); lessons read the results
+# from peft_teach/precomputed/ and re-train one configuration live to check them. Then `make execute`.
+precompute: venv
+	$(OFFLINE) $(BIN)/python scripts/precompute.py fusion_comparison lora_sweep prefix_lengths prefix_methods
+
+# Our LoRA vs peft (training step) and merged LoRA vs the base model (inference); run on an idle machine.
+benchmark: venv
+	$(OFFLINE) $(BIN)/python scripts/benchmark_lora.py --rounds 7
 
 clean:
 	rm -rf $(VENV) $(AH_VENV) artifacts

@@ -1,0 +1,250 @@
+"""Training recipes that lessons share with ``scripts/precompute.py``.
+
+Some comparisons (a rank sweep, three methods x three seeds) cost more training
+than a lesson may spend on a 2-core CPU (4 minutes). For those, the script runs
+the full comparison once and stores the numbers in ``peft_teach/precomputed/``;
+the lesson shows them, says they are precomputed, and re-trains at least one
+configuration live with the *same function* to check the stored number.
+
+``run_*`` functions train one configuration and return plain numbers (the
+fusion ones reuse a model that already holds the source adapters); ``train_*``
+functions return the trained model too, for lessons that look inside it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from datasets import Dataset, DatasetDict
+from torch import nn
+
+from peft_teach.data import SOURCE_TASKS, label_names, load_task
+from peft_teach.methods import adapters, fusion, lora, prefix, prefix_plus
+from peft_teach.models import build_classifier, mean_pool
+from peft_teach.train import evaluate, make_loader, set_seed, train
+
+# --------------------------------------------------------------------------- lesson 02: fusion
+
+SOURCE_RECIPES = {  # lesson 01 trains sentiment, aspect and topic with exactly these, so they are reused
+    task: dict(epochs=3 if task == "sentiment" else 1, lr=3e-3, batch_size=32, seed=0) for task in SOURCE_TASKS
+}
+TARGET_BUDGET = dict(epochs=4, batch_size=32)  # 32 steps on the 256 routing examples, for every method
+FUSION_LR, ADAPTER_LR = 4e-3, 3e-3
+FULL_FT = dict(lr=2e-4, batch_size=16)  # lesson 00's full fine-tuning recipe
+TEST_EXAMPLES = 300
+
+
+def artifacts_folder() -> Path:
+    """``artifacts/adapters`` next to pyproject.toml (shared by lessons 01 and 02), else a temporary folder."""
+    for folder in [Path.cwd(), *Path.cwd().parents]:
+        if (folder / "pyproject.toml").exists():
+            return folder / "artifacts" / "adapters"
+    return Path(tempfile.gettempdir()) / "peft_teach_artifacts" / "adapters"
+
+
+def test_subset(data: DatasetDict, n: int = TEST_EXAMPLES) -> Dataset:
+    """The first ``n`` test examples: enough to compare methods, half the evaluation time."""
+    return data["test"].select(range(n))
+
+
+def source_adapter_model(tokenizer) -> nn.Module:
+    """A frozen MiniLM with the four source adapters, trained once and then loaded from artifacts/."""
+    model = build_classifier(num_labels=2, seed=0).eval()
+    for task in SOURCE_TASKS:
+        adapters.train_or_load_adapter(model, tokenizer, load_task(task), task, artifacts_folder() / task,
+                                       **SOURCE_RECIPES[task])
+    return model
+
+
+def run_fusion(model: nn.Module, tokenizer, target: DatasetDict, names, seed: int) -> float:
+    """Stage 2: a fresh fusion over ``names`` (+ head), trained on ``target``; test accuracy."""
+    name = fusion.fusion_name(names)
+    if name in fusion.fusion_names(model):
+        fusion.remove_fusion(model, name)  # every seed starts from a fresh fusion layer
+    name = fusion.add_fusion(model, names, num_labels=len(label_names(target)), seed=seed)
+    fusion.train_fusion(model, name)
+    train(model, tokenizer, target, lr=FUSION_LR, seed=seed, eval_split=None,
+          extra_loss=fusion.value_regularization(name), **TARGET_BUDGET)
+    return evaluate(model, test_subset(target), tokenizer)
+
+
+def run_single_adapter(model: nn.Module, tokenizer, target: DatasetDict, seed: int) -> float:
+    """One new adapter trained on ``target`` only (no source knowledge); removed afterwards."""
+    name = f"target_only_seed{seed}"
+    adapters.add_adapter(model, name, num_labels=len(label_names(target)), seed=seed)
+    adapters.train_adapter(model, name)
+    train(model, tokenizer, target, lr=ADAPTER_LR, seed=seed, eval_split=None, **TARGET_BUDGET)
+    accuracy = evaluate(model, test_subset(target), tokenizer)
+    adapters.remove_adapter(model, name)
+    return accuracy
+
+
+def run_joint_multitask(model: nn.Module, tokenizer, tasks: dict[str, DatasetDict], target: str,
+                        seed: int) -> float:
+    """Joint multi-task training (the paper's MT-A): one adapter shared by all ``tasks``, one head each.
+
+    Every step takes one batch of every task and sums the losses; as many steps as
+    the other methods get on the target. Returns the target's test accuracy.
+    """
+    name = f"joint_seed{seed}"
+    adapters.add_adapter(model, name, num_labels=len(label_names(tasks[target])), seed=seed)
+    adapters.train_adapter(model, name)  # the shared adapter + the target's head
+    set_seed(seed)
+    d = model.head.in_features
+    heads = {task: (model.head if task == target else nn.Linear(d, len(label_names(data))))
+             for task, data in tasks.items()}
+    batch_size = TARGET_BUDGET["batch_size"]
+    steps = TARGET_BUDGET["epochs"] * -(-len(tasks[target]["train"]) // batch_size)
+    loaders = {task: iter(make_loader(data["train"], tokenizer, batch_size, shuffle=True, seed=seed))
+               for task, data in tasks.items()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable += [p for task, head in heads.items() if task != target for p in head.parameters()]
+    optimizer = torch.optim.AdamW(trainable, lr=ADAPTER_LR)
+    model.train()
+    for step in range(steps):
+        loss = 0.0
+        for task in tasks:
+            try:
+                batch = next(loaders[task])
+            except StopIteration:  # a small task runs out first: start its next epoch
+                loaders[task] = iter(make_loader(tasks[task]["train"], tokenizer, batch_size, shuffle=True,
+                                                 seed=seed + step))
+                batch = next(loaders[task])
+            hidden = model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            pooled = mean_pool(hidden.last_hidden_state, batch["attention_mask"])
+            loss = loss + nn.functional.cross_entropy(heads[task](model.dropout(pooled)), batch["labels"])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+    accuracy = evaluate(model, test_subset(tasks[target]), tokenizer)
+    adapters.remove_adapter(model, name)
+    return accuracy
+
+
+@torch.no_grad()
+def frozen_features(tokenizer, dataset: Dataset) -> torch.Tensor:
+    """Mean-pooled features of the frozen base model: what a head-only model's head sees."""
+    base = build_classifier(num_labels=2, seed=0).eval()
+    chunks = []
+    for batch in make_loader(dataset, tokenizer, batch_size=64):
+        hidden = base.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        chunks.append(mean_pool(hidden.last_hidden_state, batch["attention_mask"]))
+    return torch.cat(chunks)
+
+
+def run_head_only(tokenizer, target: DatasetDict, seed: int, epochs: int = 30, lr: float = 1e-2) -> float:
+    """A linear head on frozen features (computed once: the encoder would give the same ones every epoch)."""
+    train_x, test_x = frozen_features(tokenizer, target["train"]), frozen_features(tokenizer, test_subset(target))
+    train_y, test_y = torch.tensor(target["train"]["label"]), torch.tensor(test_subset(target)["label"])
+    set_seed(seed)
+    head = nn.Linear(train_x.shape[1], len(label_names(target)))
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        for index in torch.randperm(len(train_x), generator=generator).split(TARGET_BUDGET["batch_size"]):
+            logits = head(nn.functional.dropout(train_x[index], 0.1))
+            nn.functional.cross_entropy(logits, train_y[index]).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    return (head(test_x).argmax(-1) == test_y).float().mean().item()
+
+
+def run_sequential_full_ft(tokenizer, source: DatasetDict, target: DatasetDict, seed: int = 0) -> dict:
+    """Full fine-tuning on ``source``, then on ``target`` (new head); the source's accuracy before and after.
+
+    Both stages use lesson 00's recipes (source 2 epochs, target 6 epochs). After stage 2
+    the source head, untouched since stage 1, is put back: any drop comes from the
+    shared encoder weights that stage 2 moved.
+    """
+    model = build_classifier(num_labels=len(label_names(source)), seed=seed)
+    train(model, tokenizer, source, epochs=2, seed=seed, eval_split=None, **FULL_FT)
+    before = evaluate(model, test_subset(source), tokenizer)
+    source_head = model.head
+    torch.manual_seed(seed)
+    model.head = nn.Linear(source_head.in_features, len(label_names(target)))
+    train(model, tokenizer, target, epochs=6, seed=seed, eval_split=None, **FULL_FT)
+    target_accuracy = evaluate(model, test_subset(target), tokenizer)
+    model.head = source_head
+    return {"source_before": before, "source_after": evaluate(model, test_subset(source), tokenizer),
+            "target": target_accuracy}
+
+
+# --------------------------------------------------------------------------- lesson 05: LoRA
+
+LORA_BUDGET = dict(epochs=2, lr=5e-3, batch_size=32)  # lesson 05, section 4
+LORA_RANKS = (1, 2, 4, 8, 32)  # on query and value
+LORA_TARGET_SETS = {  # name: (targets, rank); (almost) the same number of LoRA parameters
+    "q, v  r=8": (("query", "value"), 8),
+    "q, k, v, o  r=4": (("query", "key", "value", "attention.output.dense"), 4),
+    "all linear  r=2": (("query", "key", "value", "output.dense", "intermediate.dense"), 2),
+}
+
+
+def lora_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
+
+
+def run_lora(tokenizer, data: DatasetDict, targets, r: int, alpha: float = 16, seed: int = 0) -> dict:
+    """LoRA on ``targets`` with rank ``r``, trained with LORA_BUDGET: parameters and validation accuracy."""
+    model = build_classifier(2, seed=seed)
+    lora.add_lora(model, targets=targets, r=r, alpha=alpha, seed=seed)
+    history = train(model, tokenizer, data, seed=seed, **LORA_BUDGET)
+    return {"lora_parameters": lora_parameters(model), "accuracy": history.final_accuracy}
+
+
+# ------------------------------------------------------------ lessons 03 and 04: prefixes
+
+PREFIX_BUDGET = dict(epochs=3, batch_size=16, head_lr=3e-3)  # 225 steps on the 1,200 reviews
+PREFIX_LR = 0.03
+PREFIX_LENGTHS = (1, 5, 10, 20)
+# Learning rates of the methods' own parameters (the head always uses head_lr).
+METHOD_LR = {"prefix (l=16)": 0.03, "PT+ (per-head M)": 3e-3, "LoRA (r=8, q+v)": 5e-3}
+SEEDS = (0, 1, 2)
+
+
+def train_prefix(tokenizer, data: DatasetDict, length: int, seed: int = 0):
+    """Prefix tuning of length ``length`` (no MLP), PREFIX_BUDGET at PREFIX_LR; return (model, history)."""
+    model = build_classifier(2, seed=seed)
+    prefix.add_prefix(model, length=length, init_std=0.5, seed=seed)
+    history = train(model, tokenizer, data, lr=PREFIX_LR, seed=seed, **PREFIX_BUDGET)
+    return model, history
+
+
+def run_prefix(tokenizer, data: DatasetDict, length: int, seed: int = 0) -> dict:
+    """Prefix parameters and validation accuracy of :func:`train_prefix`."""
+    model, history = train_prefix(tokenizer, data, length, seed)
+    return {"prefix_parameters": model.prefix.prefix.numel(), "accuracy": history.final_accuracy}
+
+
+def make_method(method: str, seed: int) -> nn.Module:
+    """A fresh classifier with one of the three 73,728-parameter methods of lesson 04."""
+    model = build_classifier(2, seed=seed)
+    if method == "prefix (l=16)":
+        prefix.add_prefix(model, length=16, seed=seed)
+    elif method == "PT+ (per-head M)":
+        prefix_plus.add_prefix_plus(model)
+    elif method == "LoRA (r=8, q+v)":
+        lora.add_lora(model, targets=("query", "value"), r=8, seed=seed)
+    else:
+        raise ValueError(f"Unknown method {method!r}; choose one of {list(METHOD_LR)}.")
+    return model
+
+
+def train_method(tokenizer, method: str, seed: int, short: DatasetDict | None = None):
+    """Train ``method`` on the short reviews with PREFIX_BUDGET; return (model, history)."""
+    short = short or load_task("sentiment")
+    model = make_method(method, seed)
+    history = train(model, tokenizer, short, lr=METHOD_LR[method], seed=seed, **PREFIX_BUDGET)
+    return model, history
+
+
+def run_method(tokenizer, method: str, seed: int, short: DatasetDict | None = None,
+               long: DatasetDict | None = None) -> dict:
+    """Train ``method`` on short reviews; validation accuracy on short and on long reviews."""
+    long = long or load_task("sentiment_long")
+    model, history = train_method(tokenizer, method, seed, short)
+    return {"trainable": history.trainable_parameters, "short": history.final_accuracy,
+            "long": evaluate(model, long["validation"], tokenizer)}

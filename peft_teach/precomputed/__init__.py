@@ -1,0 +1,26 @@
+"""Results too slow to compute inside a lesson on a CPU, stored by ``scripts/precompute.py``.
+
+``load(name)`` returns the stored dictionary: ``results`` plus ``recipe`` (the
+settings used) and ``machine`` (where and how long it ran). Lessons re-train at
+least one stored configuration live and check it against these numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+FOLDER = Path(__file__).parent
+
+
+def path(name: str) -> Path:
+    return FOLDER / f"{name}.json"
+
+
+def load(name: str) -> dict:
+    file = path(name)
+    if not file.exists():
+        available = sorted(p.stem for p in FOLDER.glob("*.json"))
+        raise FileNotFoundError(f"No precomputed results called {name!r} (available: {available}). "
+                                f"Create them with: python scripts/precompute.py {name}")
+    return json.loads(file.read_text())

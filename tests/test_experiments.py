@@ -1,0 +1,86 @@
+"""The shared training recipes and the precomputed results the lessons read.
+
+A stored result is only worth showing if it was produced by the current recipe:
+these tests fail when a recipe constant changes without re-running
+``scripts/precompute.py``, and check the stored numbers are complete and sane.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import DatasetDict
+
+from peft_teach import data, experiments, precomputed
+from peft_teach.methods import adapters
+from peft_teach.models import build_classifier
+
+
+def _accuracies_are_valid(values) -> bool:
+    return all(0.0 <= value <= 1.0 for value in values)
+
+
+def test_unknown_precomputed_name_says_how_to_create_it():
+    with pytest.raises(FileNotFoundError, match="scripts/precompute.py"):
+        precomputed.load("no_such_results")
+
+
+def test_lora_sweep_matches_the_current_recipe():
+    stored = precomputed.load("lora_sweep")
+    recipe = stored["recipe"]
+    assert {k: recipe[k] for k in experiments.LORA_BUDGET} == experiments.LORA_BUDGET
+    ranks = stored["results"]["ranks"]
+    assert sorted(int(r) for r in ranks) == sorted(experiments.LORA_RANKS)
+    for r, row in ranks.items():
+        assert row["lora_parameters"] == 12 * int(r) * (384 + 384)  # 12 query/value matrices, 384 x 384
+    assert list(stored["results"]["targets"]) == list(experiments.LORA_TARGET_SETS)
+    assert _accuracies_are_valid(row["accuracy"] for row in ranks.values())
+
+
+def test_prefix_results_match_the_current_recipe():
+    lengths = precomputed.load("prefix_lengths")
+    assert {k: lengths["recipe"][k] for k in experiments.PREFIX_BUDGET} == experiments.PREFIX_BUDGET
+    assert lengths["recipe"]["lr"] == experiments.PREFIX_LR
+    assert sorted(int(n) for n in lengths["results"]) == sorted(experiments.PREFIX_LENGTHS)
+    for length, row in lengths["results"].items():
+        assert row["prefix_parameters"] == 2 * 6 * int(length) * 384
+
+    methods = precomputed.load("prefix_methods")
+    assert methods["recipe"]["lr"] == experiments.METHOD_LR
+    assert methods["recipe"]["seeds"] == list(experiments.SEEDS)
+    for runs in methods["results"].values():
+        assert sorted(runs) == [str(seed) for seed in experiments.SEEDS]
+        assert {run["trainable"] for run in runs.values()} == {73_728 + 770}  # same budget + the head
+        assert _accuracies_are_valid(value for run in runs.values() for value in (run["short"], run["long"]))
+
+
+def test_fusion_comparison_matches_the_current_recipe():
+    stored = precomputed.load("fusion_comparison")
+    recipe = stored["recipe"]
+    assert {k: recipe[k] for k in experiments.TARGET_BUDGET} == experiments.TARGET_BUDGET
+    assert (recipe["fusion_lr"], recipe["adapter_lr"]) == (experiments.FUSION_LR, experiments.ADAPTER_LR)
+    assert recipe["full_ft"] == experiments.FULL_FT
+    results = stored["results"]
+    for method in ["head-only", "single adapter", "joint multi-task", "fusion (4 adapters)", "fusion without topic"]:
+        assert len(results[method]) == len(experiments.SEEDS) and _accuracies_are_valid(results[method])
+    assert _accuracies_are_valid(results["sequential full FT"].values())
+
+
+def test_joint_multitask_trains_a_shared_adapter_and_leaves_the_others_alone(tokenizer, monkeypatch):
+    monkeypatch.setitem(experiments.TARGET_BUDGET, "epochs", 1)
+    monkeypatch.setitem(experiments.TARGET_BUDGET, "batch_size", 8)
+
+    def tiny(task: str) -> DatasetDict:
+        suite = data.load_task(task)
+        return DatasetDict(train=suite["train"].select(range(16)), test=suite["test"].select(range(8)))
+
+    monkeypatch.setattr(experiments, "TEST_EXAMPLES", 8)
+    model = build_classifier(2, seed=0)
+    adapters.add_adapter(model, "existing", seed=0)
+    existing = {k: v.clone() for k, v in adapters.adapter_state_dict(model, "existing").items()}
+    tasks = {"aspect": tiny("aspect"), "routing": tiny("routing")}
+    accuracy = experiments.run_joint_multitask(model, tokenizer, tasks, "routing", seed=0)
+    assert 0.0 <= accuracy <= 1.0
+    assert adapters.adapter_names(model) == ["existing"]  # the shared adapter is removed afterwards
+    after = adapters.adapter_state_dict(model, "existing")
+    assert all(torch.equal(value, after[key]) for key, value in existing.items())
