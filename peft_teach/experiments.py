@@ -44,9 +44,10 @@ def artifacts_folder() -> Path:
     return Path(tempfile.gettempdir()) / "peft_teach_artifacts" / "adapters"
 
 
-def test_subset(data: DatasetDict, n: int = TEST_EXAMPLES) -> Dataset:
-    """The first ``n`` test examples: enough to compare methods, half the evaluation time."""
-    return data["test"].select(range(n))
+def test_subset(data: DatasetDict, n: int | None = None) -> Dataset:
+    """The first ``n`` (default TEST_EXAMPLES) test examples: enough to compare methods, half the evaluation time."""
+    n = TEST_EXAMPLES if n is None else n
+    return data["test"].select(range(min(n, len(data["test"]))))
 
 
 def source_adapter_model(tokenizer) -> nn.Module:

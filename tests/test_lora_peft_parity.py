@@ -148,7 +148,7 @@ def test_benchmark_compares_identical_models_and_reports_ratios(tokenizer):
     from peft_teach.data import load_task
     from peft_teach.train import make_loader
 
-    batch = next(iter(make_loader(load_task("topic")["validation"].select(range(4)), tokenizer, batch_size=4)))
+    batch = next(iter(make_loader(load_task("sentiment")["validation"].select(range(4)), tokenizer, batch_size=4)))
     results = benchmark_lora(batch, rounds=1, repeats=1)
     assert results["logits_max_abs_diff_ours_vs_peft"] <= 1e-6
     assert results["logits_max_abs_diff_merged_vs_unmerged"] <= 1e-5
