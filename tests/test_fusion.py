@@ -6,22 +6,13 @@ import pytest
 import torch
 
 from tiny_models import padded_batch, hidden, perturb
+from tiny_models import tiny_bert_classifier as tiny_model
 from peft_teach.measure import count_parameters
 from peft_teach.methods import adapters as A
 from peft_teach.methods import fusion as F
 from peft_teach.train import train
-from peft_teach.models import SequenceClassifier
 
-D, LAYERS = 32, 2
-
-
-def tiny_model(seed: int = 0) -> SequenceClassifier:
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=100, hidden_size=D, num_hidden_layers=LAYERS, num_attention_heads=4,
-                        intermediate_size=2 * D, max_position_embeddings=64)
-    return SequenceClassifier(BertModel(config).eval(), num_labels=3).eval()
+D, LAYERS = 32, 2  # the tiny model's hidden size and depth
 
 
 @pytest.fixture

@@ -1,9 +1,10 @@
 """Test helpers shared by several test files: tiny random-weight models and adapter utilities."""
 
 import torch
-from transformers import BertConfig, GPT2Config, LlamaConfig
+from transformers import BertConfig, BertModel, GPT2Config, LlamaConfig
 
 from peft_teach.methods import adapters as A
+from peft_teach.models import SequenceClassifier
 
 
 def tiny_config(kind: str):
@@ -15,6 +16,14 @@ def tiny_config(kind: str):
         return GPT2Config(n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0, **common)
     return LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                        intermediate_size=64, bos_token_id=0, eos_token_id=0, **common)
+
+
+def tiny_bert_classifier(seed: int = 0, hidden: int = 32, layers: int = 2) -> SequenceClassifier:
+    """A tiny random BERT with a 3-label head, in eval mode (adapter and fusion tests)."""
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=100, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=2 * hidden, max_position_embeddings=64)
+    return SequenceClassifier(BertModel(config).eval(), num_labels=3).eval()
 
 
 def hidden(model, batch):
