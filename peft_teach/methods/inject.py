@@ -132,6 +132,21 @@ def unfreeze_matching(model: nn.Module, patterns: str | Iterable[str]) -> list[s
     return switched
 
 
+def train_only(model: nn.Module, modules: Iterable[nn.Module]) -> list[str]:
+    """Freeze ``model``, then let ``modules`` and the task ``head`` (if any) train.
+
+    Every method's ``add_*`` ends with this call, so "trainable = what the method
+    added + the head" is written once. Returns the trainable parameter names.
+    """
+    freeze(model)
+    for module in modules:
+        module.requires_grad_(True)
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Module):  # a classifier: the new task needs its own head
+        head.requires_grad_(True)
+    return trainable_names(model)
+
+
 def trainable_names(model: nn.Module) -> list[str]:
     """Names of the parameters that will receive gradients."""
     return [name for name, p in model.named_parameters() if p.requires_grad]

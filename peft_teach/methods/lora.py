@@ -16,9 +16,10 @@ A frozen linear layer computes ``h = W0 x``. LoRA adds a trainable low-rank upda
 * After training, ``W = W0 + (alpha / r) B A`` can be *merged* into the frozen weight:
   the model then runs exactly as fast as the base model (no extra matmuls).
 
-Besides the layer this file holds the model-level helpers: :func:`add_lora`,
-:func:`merge_lora` / :func:`unmerge_lora`, :func:`save_lora` / :func:`load_lora`
-(only the small LoRA tensors + the head), and :func:`export_to_peft` /
+Besides the layer this file holds the verbs every method has: :func:`add_lora`,
+:func:`save_lora` / :func:`load_lora` (only the small LoRA tensors + the head),
+:func:`remove_lora`, :func:`lora_parameter_count` (formula) and :func:`lora_parameters`
+(measured); then :func:`merge_lora` / :func:`unmerge_lora`, and :func:`export_to_peft` /
 :func:`import_from_peft` (the on-disk format of the ``peft`` library).
 """
 
@@ -33,16 +34,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from peft_teach.methods.inject import find_modules, freeze, replace_module
-from peft_teach.models import base_model_fingerprint
+from peft_teach.methods.checkpoint import CheckpointError, load_head, load_into, read_checkpoint, save_checkpoint, split_head
+from peft_teach.methods.inject import find_modules, replace_module, train_only
+from peft_teach.models import base_model_fingerprint, check_same_base, get_backbone
 
 # Layers LoRA can wrap. GPT-2's Conv1D is a linear layer whose weight is stored
 # transposed (d_in x d_out) and computes x @ W + b.
 ADAPTABLE = (nn.Linear, Conv1D)
-CHECKPOINT_KEY = "peft_teach_lora"  # name of the metadata entry in our checkpoints
+HEAD_KEY = "peft_teach_head"  # metadata entry of the head file: the base-model fingerprint
 HEAD_FILE = "classifier_head.safetensors"  # the head, saved beside a peft export
 
 
@@ -135,34 +136,53 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 def add_lora(model: nn.Module, targets: str | Iterable[str] = ("query", "value"), r: int = 8,
              alpha: float = 16, dropout: float = 0.0, seed: int = 0) -> dict[str, LoRALinear]:
-    """Wrap the target linear layers of ``model`` with LoRA; freeze everything else.
+    """Wrap the target linear layers of the backbone with LoRA; only A, B (and the head) train.
 
     ``targets`` are module names as :func:`find_modules` reads them (``"query"``,
-    ``"c_attn"``, ``"q_proj"`` or a full-name regular expression). Trainable after
-    this: the LoRA matrices and, if the model has one, the classifier ``head``.
-    Returns the new layers by name.
+    ``"c_attn"``, ``"q_proj"`` or a full-name regular expression), inside the backbone.
+    Returns the new layers by their name in ``model``.
     """
     check_rank_and_alpha(r, alpha)
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"LoRA dropout is a probability in [0, 1), got {dropout!r} (e.g. 0.0 or 0.1).")
     if lora_layers(model):
-        raise ValueError("This model already has LoRA layers. Build a fresh model, "
-                         "or remove them first (see merge_lora to fold them in).")
-    found = find_modules(model, targets, module_type=ADAPTABLE)
+        raise ValueError("This model already has LoRA layers; remove_lora(model) first, or build a fresh model.")
+    backbone = get_backbone(model)
+    prefix = "backbone." if backbone is not model else ""
+    found = find_modules(backbone, targets, module_type=ADAPTABLE)
     generator = torch.Generator().manual_seed(seed)  # one stream, model order: reproducible
-    freeze(model)
     added: dict[str, LoRALinear] = {}
     for name, layer in found.items():
-        added[name] = LoRALinear(layer, r=r, alpha=alpha, dropout=dropout, generator=generator)
-        replace_module(model, name, added[name])
-    head = getattr(model, "head", None)
-    if isinstance(head, nn.Module):  # the task head is always trained with the adapter
-        for parameter in head.parameters():
-            parameter.requires_grad_(True)
+        added[prefix + name] = LoRALinear(layer, r=r, alpha=alpha, dropout=dropout, generator=generator)
+        replace_module(backbone, name, added[prefix + name])
+    train_only(model, added.values())
     return added
 
 
-def lora_parameter_count(d_in: int, d_out: int, r: int) -> int:
+def remove_lora(model: nn.Module) -> None:
+    """Unmerge and unwrap every LoRA layer: the backbone is the base model again, bit for bit."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("This model has no LoRA layers; add_lora(model, ...) or load_lora(model, folder) first.")
+    for name, layer in layers.items():
+        layer.unmerge()
+        replace_module(model, name, layer.base_layer)
+
+
+def lora_matrix_parameter_count(d_in: int, d_out: int, r: int) -> int:
     """Parameters LoRA adds to one d_out x d_in matrix: A (r x d_in) + B (d_out x r)."""
     return r * (d_in + d_out)
+
+
+def lora_parameter_count(model: nn.Module, targets: str | Iterable[str] = ("query", "value"), r: int = 8) -> int:
+    """Formula: r (d_in + d_out) summed over the matrices ``targets`` names."""
+    found = find_modules(get_backbone(model), targets, module_type=ADAPTABLE)
+    return sum(lora_matrix_parameter_count(*in_out_features(layer), r) for layer in found.values())
+
+
+def lora_parameters(model: nn.Module) -> int:
+    """Measured: every A and B on the model."""
+    return sum(layer.lora_A.numel() + layer.lora_B.numel() for layer in lora_layers(model).values())
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -182,16 +202,9 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 # --------------------------------------------------------------------------- save / load
 
 
-def base_encoder(model: nn.Module) -> nn.Module:
-    """The transformer itself: ``model.encoder`` of a classifier, or ``model`` if bare."""
-    if isinstance(model, PreTrainedModel):
-        return model  # careful: a BertModel also has an ``.encoder`` (its layer stack)
-    return model.encoder
-
-
 def lora_config(model: nn.Module) -> dict[str, object]:
-    """Rank, alpha and the adapted module names: enough to rebuild the layers."""
-    layers = lora_layers(model)
+    """Rank, alpha, dropout and the adapted module names (inside the backbone): enough to rebuild the layers."""
+    layers = lora_layers(get_backbone(model))
     if not layers:
         raise ValueError("This model has no LoRA layers: call add_lora(model, ...) first.")
     first = next(iter(layers.values()))
@@ -200,85 +213,34 @@ def lora_config(model: nn.Module) -> dict[str, object]:
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Only the tensors a LoRA checkpoint needs: every A and B, plus the head."""
+    """Every A and B, by name inside the backbone (``encoder.layer.0...query.lora_A``)."""
     if any(layer.merged for layer in lora_layers(model).values()):
         raise ValueError("Unmerge first (unmerge_lora(model)): a merged model's weights "
                          "already contain the update, so saving A and B alone would mislead.")
-    keep = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()
-            if name.endswith((".lora_A", ".lora_B")) or name.startswith("head.")}
-    if not any(name.endswith(".lora_A") for name in keep):
+    layers = lora_layers(get_backbone(model))
+    if not layers:
         raise ValueError("This model has no LoRA layers: call add_lora(model, ...) first.")
-    return keep
+    return {f"{name}.{matrix}": getattr(layer, matrix).detach().clone()
+            for name, layer in layers.items() for matrix in ("lora_A", "lora_B")}
 
 
-def save_lora(model: nn.Module, path: str | Path) -> Path:
-    """Write the LoRA tensors, the head, the LoRA config and the base model's fingerprint.
-
-    One ``.safetensors`` file (no pickle); config and fingerprint go in its metadata.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = {"config": lora_config(model), "base_model": base_model_fingerprint(base_encoder(model))}
-    save_file(lora_state_dict(model), str(path), metadata={CHECKPOINT_KEY: json.dumps(info)})
-    return path
+def save_lora(model: nn.Module, folder: str | Path) -> Path:
+    """Write every A and B and the head to ``folder`` (see peft_teach.methods.checkpoint)."""
+    return save_checkpoint(folder, "lora", lora_config(model), lora_state_dict(model), model,
+                           getattr(model, "head", None))
 
 
-def read_lora_info(path: str | Path) -> dict[str, object]:
-    """The config and base-model fingerprint stored in a :func:`save_lora` file."""
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    if CHECKPOINT_KEY not in metadata:
-        raise ValueError(f"{path} is not a LoRA checkpoint written by save_lora.")
-    return json.loads(metadata[CHECKPOINT_KEY])
-
-
-def check_same_base(expected: dict[str, object], model: nn.Module, source: str) -> None:
-    """Refuse to load weights trained on another base model (they would be garbage)."""
-    actual = base_model_fingerprint(base_encoder(model))
-    if actual != expected:
-        differing = {key: (expected.get(key), actual.get(key)) for key in expected.keys() | actual.keys()
-                     if expected.get(key) != actual.get(key)}
-        raise ValueError(
-            f"{source} was trained on base model {_describe(expected)}, but this model is "
-            f"{_describe(actual)} (differs in {differing}). Load it into the base model it was "
-            "trained on, e.g. build_classifier(num_labels, name=<that model>)."
-        )
-
-
-def _describe(fingerprint: dict[str, object]) -> str:
-    name = fingerprint.get("name_or_path") or "<unnamed>"
-    return (f"{name!r} ({fingerprint.get('model_type')}, hidden {fingerprint.get('hidden_size')}, "
-            f"{fingerprint.get('num_hidden_layers')} layers)")
-
-
-def load_lora(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a :func:`save_lora` checkpoint into ``model``, adding LoRA layers if needed."""
-    info = read_lora_info(path)
-    check_same_base(info["base_model"], model, str(path))
-    config = info["config"]
-    if not lora_layers(model):
-        add_lora(model, targets=config["targets"], r=config["r"], alpha=config["alpha"],
-                 dropout=config["dropout"])
-    elif lora_config(model)["targets"] != config["targets"] or lora_config(model)["r"] != config["r"]:
-        raise ValueError(f"The model's LoRA layers (r={lora_config(model)['r']}) do not match the "
-                         f"checkpoint (r={config['r']}, targets {config['targets'][:2]}...). "
-                         "Load into a model without LoRA and load_lora adds the right layers.")
-    unmerge_lora(model)  # loading into merged weights would leave the old update inside
-    _load_tensors(model, load_file(str(path)))
-    return model
-
-
-def _load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    own = model.state_dict()
-    unknown = sorted(set(tensors) - set(own))
-    if unknown:
-        raise ValueError(f"The checkpoint has tensors this model lacks: {unknown[:3]} ...")
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            if own[name].shape != tensor.shape:
-                raise ValueError(f"{name}: checkpoint shape {tuple(tensor.shape)}, "
-                                 f"model shape {tuple(own[name].shape)}.")
-            own[name].copy_(tensor)
+def load_lora(model: nn.Module, folder: str | Path) -> dict[str, LoRALinear]:
+    """Add the LoRA saved in ``folder`` to ``model`` (which must not have LoRA yet)."""
+    config, tensors = read_checkpoint(folder, "lora", model)
+    own, head = split_head(tensors)
+    added = add_lora(model, targets=config["targets"], r=config["r"], alpha=config["alpha"],
+                     dropout=config["dropout"])
+    for name, layer in added.items():
+        name = name.removeprefix("backbone.")
+        load_into(layer, {"lora_A": own[f"{name}.lora_A"], "lora_B": own[f"{name}.lora_B"]}, f"LoRA of {name}")
+    load_head(model, head)
+    return added
 
 
 # --------------------------------------------------------------------------- peft format
@@ -287,7 +249,7 @@ def _load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
 #   adapter_config.json          peft_type "LORA", r, lora_alpha, target_modules, ...
 #   adapter_model.safetensors    keys "base_model.model.<module name>.lora_A.weight" / ".lora_B.weight"
 # where <module name> is the name inside the model handed to PeftModel. We export the
-# *encoder* (the Hugging Face model), so PeftModel.from_pretrained(encoder, folder) works
+# *backbone* (the Hugging Face model), so PeftModel.from_pretrained(backbone, folder) works
 # with any AutoModel. Our classifier head is not part of that model, so it is saved beside
 # the adapter in classifier_head.safetensors (peft ignores unknown files) and
 # import_from_peft loads it back when it is there.
@@ -295,30 +257,20 @@ def _load_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
 PEFT_PREFIX = "base_model.model."
 
 
-def _encoder_prefix(model: nn.Module) -> str:
-    """How the encoder's module names start inside ``model`` ('' or 'encoder.')."""
-    return "" if base_encoder(model) is model else "encoder."
-
-
 def export_to_peft(model: nn.Module, directory: str | Path) -> Path:
     """Write ``model``'s LoRA in peft's format (+ our head beside it) into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = lora_config(model)
-    prefix = _encoder_prefix(model)
-    tensors = {}
-    for name, tensor in lora_state_dict(model).items():
-        if name.startswith("head."):
-            continue
-        module_name, matrix = name.rsplit(".", 1)  # "...query", "lora_A"
-        tensors[f"{PEFT_PREFIX}{module_name.removeprefix(prefix)}.{matrix}.weight"] = tensor.contiguous()
+    tensors = {f"{PEFT_PREFIX}{name}.weight": tensor.contiguous()  # "...query.lora_A" -> "...query.lora_A.weight"
+               for name, tensor in lora_state_dict(model).items()}
     save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
-    encoder = base_encoder(model)
-    targets = [name.removeprefix(prefix) for name in config["targets"]]
+    backbone = get_backbone(model)
+    targets = config["targets"]
     peft_config = {
         "peft_type": "LORA",
         "task_type": None,
-        "base_model_name_or_path": getattr(encoder.config, "_name_or_path", None) or None,
+        "base_model_name_or_path": getattr(backbone.config, "_name_or_path", None) or None,
         "r": config["r"],
         "lora_alpha": config["alpha"],
         "lora_dropout": config["dropout"],
@@ -332,10 +284,11 @@ def export_to_peft(model: nn.Module, directory: str | Path) -> Path:
         "inference_mode": True,
     }
     (directory / "adapter_config.json").write_text(json.dumps(peft_config, indent=2) + "\n")
-    head = {n: t for n, t in lora_state_dict(model).items() if n.startswith("head.")}
-    if head:
-        info = {"base_model": base_model_fingerprint(encoder)}
-        save_file(head, str(directory / HEAD_FILE), metadata={CHECKPOINT_KEY: json.dumps(info)})
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Module):
+        info = {"base_model": base_model_fingerprint(model)}
+        save_file({f"head.{k}": v.contiguous() for k, v in head.state_dict().items()}, str(directory / HEAD_FILE),
+                  metadata={HEAD_KEY: json.dumps(info)})
     return directory
 
 
@@ -345,6 +298,9 @@ def import_from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
     Works for folders written by peft's ``save_pretrained`` and by :func:`export_to_peft`.
     """
     directory = Path(directory)
+    if not (directory / "adapter_config.json").is_file():
+        raise CheckpointError(f"{directory} has no adapter_config.json: it is not a peft adapter folder. Pass the "
+                              "folder written by peft's save_pretrained or by export_to_peft.")
     config = json.loads((directory / "adapter_config.json").read_text())
     if config.get("peft_type") != "LORA":
         raise ValueError(f"{directory} holds a {config.get('peft_type')} adapter, not LoRA.")
@@ -352,18 +308,18 @@ def import_from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
     if unsupported or config.get("bias", "none") != "none":
         raise ValueError(f"This adapter uses options our LoRA does not implement: {unsupported or 'bias'}.")
     tensors = load_file(str(directory / "adapter_model.safetensors"))
-    prefix = _encoder_prefix(model)
-    ours: dict[str, torch.Tensor] = {}
-    for key, tensor in tensors.items():
-        name = key.removeprefix(PEFT_PREFIX).removesuffix(".weight")  # "...query.lora_A"
-        ours[prefix + name] = tensor
+    ours = {key.removeprefix(PEFT_PREFIX).removesuffix(".weight"): tensor  # "...query.lora_A"
+            for key, tensor in tensors.items()}
     targets = sorted({name.rsplit(".", 1)[0] for name in ours})
-    if getattr(model, "head", None) is not None and (directory / HEAD_FILE).exists():
-        check_same_base(read_lora_info(directory / HEAD_FILE)["base_model"], model, str(directory))
-        ours.update(load_file(str(directory / HEAD_FILE)))
     # Full module names: exactly the layers the adapter has tensors for are adapted.
-    add_lora(model, targets=targets, r=int(config["r"]),
-             alpha=config["lora_alpha"], dropout=float(config.get("lora_dropout", 0.0)))
-    _load_tensors(model, ours)
+    added = add_lora(model, targets=targets, r=int(config["r"]), alpha=config["lora_alpha"],
+                     dropout=float(config.get("lora_dropout", 0.0)))
+    for name, layer in added.items():
+        name = name.removeprefix("backbone.")
+        load_into(layer, {"lora_A": ours[f"{name}.lora_A"], "lora_B": ours[f"{name}.lora_B"]}, f"LoRA of {name}")
+    if isinstance(getattr(model, "head", None), nn.Module) and (directory / HEAD_FILE).exists():
+        with safe_open(str(directory / HEAD_FILE), framework="pt") as handle:
+            info = json.loads((handle.metadata() or {})[HEAD_KEY])
+        check_same_base(info["base_model"], model, str(directory))
+        load_head(model, split_head(load_file(str(directory / HEAD_FILE)))[1])
     return model
-

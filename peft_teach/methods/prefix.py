@@ -43,42 +43,25 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from peft_teach.methods.inject import find_modules, freeze
+from peft_teach.methods.architectures import attention_shape, layout_of
+from peft_teach.methods.checkpoint import load_head, load_into, read_checkpoint, save_checkpoint, split_head
+from peft_teach.methods.inject import find_modules, train_only
+from peft_teach.models import get_backbone
 
 ATTENTION_NAME = "peft_teach_prefix"
 
-# Where the self-attention module sits inside one layer, per architecture family.
-# (A regular expression matching the full module name; see inject.find_modules.)
-ATTENTION_PATTERNS: dict[str, str] = {
-    "bert": r".*layer\.\d+\.attention\.self",
-    "roberta": r".*layer\.\d+\.attention\.self",
-    "xlm-roberta": r".*layer\.\d+\.attention\.self",
-    "gpt2": r".*h\.\d+\.attn",
-    "llama": r".*layers\.\d+\.self_attn",
-    "mistral": r".*layers\.\d+\.self_attn",
-    "qwen2": r".*layers\.\d+\.self_attn",
-    "qwen3": r".*layers\.\d+\.self_attn",
-}
-
 
 # --------------------------------------------------------------------------- shapes
-def attention_shape(config) -> tuple[int, int, int]:
-    """(layers L, key/value heads, head size) of a transformers config."""
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return config.num_hidden_layers, kv_heads, head_dim
-
-
-def prefix_parameter_count(config, length: int) -> int:
-    """2 * L * l * (kv_heads * head_dim); equals 2 * L * l * d without grouped-query attention."""
-    layers, kv_heads, head_dim = attention_shape(config)
+def prefix_parameter_count(model: nn.Module, length: int) -> int:
+    """Formula: 2 * L * l * (kv_heads * head_dim); equals 2 * L * l * d without grouped-query attention."""
+    layers, _, kv_heads, head_dim = attention_shape(get_backbone(model).config)
     return 2 * layers * length * kv_heads * head_dim
 
 
@@ -87,21 +70,14 @@ def _check_length(length: int) -> None:
         raise ValueError(f"The prefix length must be a positive integer, got {length!r} (try 10).")
 
 
-def attention_modules(encoder: nn.Module) -> dict[str, nn.Module]:
+def attention_modules(backbone: nn.Module, method: str = "Prefix methods") -> dict[str, nn.Module]:
     """The self-attention module of every layer, in layer order.
 
     Unknown architectures fail with the list of supported model types: the prefix
     has to reach *every* layer, so guessing module names would be dangerous.
     """
-    model_type = encoder.config.model_type
-    if model_type not in ATTENTION_PATTERNS:
-        raise ValueError(
-            f"Prefix methods do not know where attention lives in model type {model_type!r}. "
-            f"Supported model types: {sorted(ATTENTION_PATTERNS)}. Add a pattern to "
-            "ATTENTION_PATTERNS (a regex matching each layer's self-attention module name)."
-        )
-    modules = find_modules(encoder, ATTENTION_PATTERNS[model_type])
-    expected = encoder.config.num_hidden_layers
+    modules = find_modules(backbone, layout_of(backbone, method).self_attention)
+    expected = backbone.config.num_hidden_layers
     if len(modules) != expected:
         raise ValueError(f"Found {len(modules)} attention modules, expected one per layer ({expected}).")
     # Each module must know its layer number to fetch its own prefix. BERT, GPT-2 and
@@ -169,9 +145,9 @@ def register_prefix_attention() -> None:
     AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
 
 
-def use_attention(encoder: nn.Module, name: str) -> None:
+def use_attention(backbone: nn.Module, name: str) -> None:
     """Switch a transformers model (and its sub-models) to attention function ``name``."""
-    encoder.set_attn_implementation(name)
+    backbone.set_attn_implementation(name)
 
 
 # ------------------------------------------------------------------ the parameters
@@ -188,8 +164,8 @@ class PrefixEncoder(nn.Module):
                  init_std: float = 0.5, seed: int = 0):
         super().__init__()
         _check_length(length)
-        self.layers, self.kv_heads, self.head_dim = attention_shape(config)
-        self.length = length
+        self.layers, _, self.kv_heads, self.head_dim = attention_shape(config)
+        self.length, self.mlp_hidden = length, mlp_hidden
         width = self.kv_heads * self.head_dim
         generator = torch.Generator().manual_seed(seed)
         if reparameterize:
@@ -240,31 +216,71 @@ def _seeded_reset(mlp: nn.Sequential, generator: torch.Generator) -> None:
                 layer.bias.uniform_(-bound, bound, generator=generator)
 
 
-# ------------------------------------------------------------------ the recipe
+# ------------------------------------------------------------------ the verbs
 def add_prefix(model: nn.Module, length: int = 10, reparameterize: bool = False, mlp_hidden: int = 256,
-               init_std: float = 0.5, seed: int = 0, train_head: bool = True) -> PrefixEncoder:
-    """Add prefix tuning to a :class:`~peft_teach.models.SequenceClassifier` (in place).
+               init_std: float = 0.5, seed: int = 0) -> dict[str, PrefixEncoder]:
+    """Add prefix tuning to ``model`` (a classifier or a bare backbone), in place.
 
     1. ``model.prefix = PrefixEncoder(...)`` (the only new parameters);
     2. every self-attention module gets ``prefix_source``, a function returning its
        layer's prefix (a plain attribute: the parameters live once, in ``model.prefix``);
-    3. the encoder switches to our attention function;
-    4. everything is frozen except the prefix (and the classifier head).
+    3. the backbone switches to our attention function;
+    4. only the prefix (and the classifier head) train.
+    Returns ``{"prefix": the PrefixEncoder}``.
     """
     _check_length(length)
-    encoder = model.encoder
-    modules = attention_modules(encoder)  # fails early for unknown architectures
+    backbone = get_backbone(model)
+    modules = attention_modules(backbone)  # fails early for unknown architectures
+    if hasattr(model, "prefix"):
+        raise ValueError("This model already has a prefix; remove_prefix(model) first.")
     register_prefix_attention()
-    prefix = PrefixEncoder(encoder.config, length, reparameterize, mlp_hidden, init_std, seed)
-    freeze(model)
-    model.prefix = prefix
+    prefix = PrefixEncoder(backbone.config, length, reparameterize, mlp_hidden, init_std, seed)
+    prefix.previous_attention = backbone.config._attn_implementation  # remove_prefix restores it
+    model.prefix = prefix.to(next(backbone.parameters()).device)
     for module in modules.values():
         module.prefix_source = prefix.layer_key_value
-    use_attention(encoder, ATTENTION_NAME)
-    if train_head and hasattr(model, "head"):
-        for parameter in model.head.parameters():
-            parameter.requires_grad_(True)
-    return prefix
+    use_attention(backbone, ATTENTION_NAME)
+    train_only(model, [prefix])
+    return {"prefix": prefix}
+
+
+def remove_prefix(model: nn.Module) -> None:
+    """Take the prefix away and restore the model's attention: the base model again."""
+    prefix = _prefix_of(model)
+    backbone = get_backbone(model)
+    for module in attention_modules(backbone).values():
+        del module.prefix_source
+    use_attention(backbone, prefix.previous_attention)
+    del model.prefix
+
+
+def _prefix_of(model: nn.Module) -> PrefixEncoder:
+    if not isinstance(getattr(model, "prefix", None), PrefixEncoder):
+        raise ValueError("This model has no prefix; add_prefix(model, ...) or load_prefix(model, folder) first.")
+    return model.prefix
+
+
+def prefix_parameters(model: nn.Module) -> int:
+    """Measured: the prefix's parameters (P, or P' and the MLP before folding)."""
+    return sum(p.numel() for p in _prefix_of(model).parameters())
+
+
+def save_prefix(model: nn.Module, folder: str | Path) -> Path:
+    """Write the prefix (folded or not) and the head to ``folder``."""
+    prefix = _prefix_of(model)
+    config = {"length": prefix.length, "reparameterize": prefix.reparameterized, "mlp_hidden": prefix.mlp_hidden}
+    tensors = {f"prefix.{key}": value for key, value in prefix.state_dict().items()}
+    return save_checkpoint(folder, "prefix", config, tensors, model, getattr(model, "head", None))
+
+
+def load_prefix(model: nn.Module, folder: str | Path) -> dict[str, PrefixEncoder]:
+    """Add the prefix saved in ``folder`` (and load its head into ``model.head``)."""
+    config, tensors = read_checkpoint(folder, "prefix", model)
+    own, head = split_head(tensors)
+    added = add_prefix(model, **config)
+    load_into(added["prefix"], {k.removeprefix("prefix."): v for k, v in own.items()}, "prefix")
+    load_head(model, head)
+    return added
 
 
 @contextmanager

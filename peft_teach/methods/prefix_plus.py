@@ -1,5 +1,8 @@
 """Prefix-Tuning+ (a memory read outside the softmax), from scratch.
 
+Verbs as for every method: add_prefix_plus, save_prefix_plus / load_prefix_plus,
+remove_prefix_plus, prefix_plus_parameter_count (formula), prefix_plus_parameters.
+
 Wang et al. (2025), "Prefix-Tuning+: Modernizing Prefix-Tuning by Decoupling the
 Prefix from Attention", arXiv 2506.13674 (the ICLR 2026 version is called
 PrefixMemory-Tuning). Their diagnosis: in prefix tuning the prefix shares the softmax
@@ -42,13 +45,18 @@ prefix of length l = 16 (2 * 6 * 16 * 384 = 73,728). Same budget, three methods.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from peft_teach.methods.inject import freeze
+from peft_teach.methods.architectures import attention_shape
+from peft_teach.methods.checkpoint import load_head, load_into, read_checkpoint, save_checkpoint, split_head
+from peft_teach.methods.inject import train_only
 from peft_teach.methods.prefix import attention_modules, model_eager_attention, use_attention
+from peft_teach.models import get_backbone
 
 ATTENTION_NAME = "peft_teach_prefix_plus"
 FEATURE_MAPS = ("elu", "elu+1", "gelu")
@@ -79,22 +87,20 @@ class PrefixMemory(nn.Module):
     def __init__(self, config, phi: str = "elu"):
         super().__init__()
         feature_map(phi)  # fail early on an unknown name
-        heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        layers, heads, _, head_dim = attention_shape(config)
         self.phi = phi
         # Zero init: the read adds nothing, the model starts exactly at the base model.
-        self.memory = nn.Parameter(torch.zeros(config.num_hidden_layers, heads, head_dim, head_dim))
+        self.memory = nn.Parameter(torch.zeros(layers, heads, head_dim, head_dim))
 
     def layer_memory(self, layer: int) -> tuple[torch.Tensor, str]:
         """This layer's memory (heads, d_head, d_head) and the feature map's name."""
         return self.memory[layer], self.phi
 
 
-def memory_parameter_count(config) -> int:
-    """L * heads * d_head^2 (= L * d * d_head)."""
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return config.num_hidden_layers * heads * head_dim * head_dim
+def prefix_plus_parameter_count(model: nn.Module) -> int:
+    """Formula: L * heads * d_head^2 (= L * d * d_head)."""
+    layers, heads, _, head_dim = attention_shape(get_backbone(model).config)
+    return layers * heads * head_dim * head_dim
 
 
 def prefix_plus_attention(module, query, key, value, attention_mask, **kwargs):
@@ -114,23 +120,64 @@ def register_prefix_plus_attention() -> None:
     AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
 
 
-def add_prefix_plus(model: nn.Module, phi: str = "elu", train_head: bool = True) -> PrefixMemory:
-    """Add Prefix-Tuning+ to a :class:`~peft_teach.models.SequenceClassifier` (in place).
+def add_prefix_plus(model: nn.Module, phi: str = "elu", seed: int = 0) -> dict[str, PrefixMemory]:
+    """Add Prefix-Tuning+ to ``model`` (a classifier or a bare backbone), in place.
 
     ``model.prefix_memory`` holds M; each attention module gets ``memory_source``; the
-    encoder switches to our attention function; all else is frozen but M (and the head).
+    backbone switches to our attention function; only M (and the head) train.
+    ``seed`` is accepted like every ``add_*``'s, but M starts at exactly zero, so it
+    draws nothing. Returns ``{"prefix_memory": the PrefixMemory}``.
     """
-    encoder = model.encoder
-    modules = attention_modules(encoder)  # unknown architectures fail here, clearly
+    backbone = get_backbone(model)
+    modules = attention_modules(backbone, "Prefix-Tuning+")  # unknown architectures fail here, clearly
+    if hasattr(model, "prefix_memory"):
+        raise ValueError("This model already has a prefix memory; remove_prefix_plus(model) first.")
     register_prefix_plus_attention()
-    memory = PrefixMemory(encoder.config, phi)
-    freeze(model)
-    model.prefix_memory = memory
+    memory = PrefixMemory(backbone.config, phi)
+    memory.previous_attention = backbone.config._attn_implementation  # remove_prefix_plus restores it
+    model.prefix_memory = memory.to(next(backbone.parameters()).device)
     for module in modules.values():
         # A bound method (not a module), so M is stored once; copy.deepcopy keeps it consistent.
         module.memory_source = memory.layer_memory
-    use_attention(encoder, ATTENTION_NAME)
-    if train_head and hasattr(model, "head"):
-        for parameter in model.head.parameters():
-            parameter.requires_grad_(True)
-    return memory
+    use_attention(backbone, ATTENTION_NAME)
+    train_only(model, [memory])
+    return {"prefix_memory": memory}
+
+
+def remove_prefix_plus(model: nn.Module) -> None:
+    """Take the memory away and restore the model's attention: the base model again."""
+    memory = _memory_of(model)
+    backbone = get_backbone(model)
+    for module in attention_modules(backbone, "Prefix-Tuning+").values():
+        del module.memory_source
+    use_attention(backbone, memory.previous_attention)
+    del model.prefix_memory
+
+
+def _memory_of(model: nn.Module) -> PrefixMemory:
+    if not isinstance(getattr(model, "prefix_memory", None), PrefixMemory):
+        raise ValueError("This model has no Prefix-Tuning+ memory; add_prefix_plus(model) or "
+                         "load_prefix_plus(model, folder) first.")
+    return model.prefix_memory
+
+
+def prefix_plus_parameters(model: nn.Module) -> int:
+    """Measured: the memory matrices' parameters."""
+    return _memory_of(model).memory.numel()
+
+
+def save_prefix_plus(model: nn.Module, folder: str | Path) -> Path:
+    """Write M and the head to ``folder``."""
+    memory = _memory_of(model)
+    return save_checkpoint(folder, "prefix_plus", {"phi": memory.phi}, {"prefix_memory.memory": memory.memory},
+                           model, getattr(model, "head", None))
+
+
+def load_prefix_plus(model: nn.Module, folder: str | Path) -> dict[str, PrefixMemory]:
+    """Add the memory saved in ``folder`` (and load its head into ``model.head``)."""
+    config, tensors = read_checkpoint(folder, "prefix_plus", model)
+    own, head = split_head(tensors)
+    added = add_prefix_plus(model, phi=config["phi"])
+    load_into(added["prefix_memory"], {"memory": own["prefix_memory.memory"]}, "Prefix-Tuning+ memory")
+    load_head(model, head)
+    return added

@@ -20,32 +20,27 @@ given text, e.g. a task description, repeated or cut to length ``l``).
 Pooling decision: the classifier averages the **real tokens only**. The prompt's
 output positions are dropped before pooling, so the head sees the same positions as
 in the baselines and prefix tuning; the prompt acts purely through attention.
+
+How it plugs in: the backbone stays untouched. :func:`add_soft_prompt` registers two
+hooks on it: before it runs, put the prompt in front of the embedded input and widen
+the mask (:meth:`SoftPrompt.prepend`); after it runs, drop the prompt's positions
+from ``last_hidden_state`` (:meth:`SoftPrompt.drop`). :func:`remove_soft_prompt`
+takes both hooks away. The other verbs: ``save_soft_prompt`` / ``load_soft_prompt``,
+:func:`soft_prompt_parameter_count` (formula) and :func:`soft_prompt_parameters`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
-from transformers.modeling_outputs import BaseModelOutput
 
-from peft_teach.methods.inject import freeze
+from peft_teach.methods.checkpoint import load_head, load_into, read_checkpoint, save_checkpoint, split_head
+from peft_teach.methods.inject import train_only
+from peft_teach.models import get_backbone
 
 PROMPT_INITS = ("random", "vocab", "text")
-
-
-class SoftPrompt(nn.Module):
-    """``l`` learned vectors of the model's embedding size."""
-
-    def __init__(self, embeddings: torch.Tensor):
-        super().__init__()
-        self.weight = nn.Parameter(embeddings.detach().clone())
-
-    @property
-    def length(self) -> int:
-        return self.weight.shape[0]
-
-    def forward(self, batch_size: int) -> torch.Tensor:
-        return self.weight.unsqueeze(0).expand(batch_size, -1, -1)  # (B, l, d)
 
 
 def prepend_prompt(prompt: torch.Tensor, embeds: torch.Tensor, attention_mask: torch.Tensor
@@ -57,39 +52,47 @@ def prepend_prompt(prompt: torch.Tensor, embeds: torch.Tensor, attention_mask: t
     return torch.cat([prompt, embeds], dim=1), torch.cat([ones, attention_mask], dim=1)
 
 
-class PromptedEncoder(nn.Module):
-    """Wraps a transformers model: prepends the soft prompt, returns real-token states only."""
+class SoftPrompt(nn.Module):
+    """``l`` learned vectors of the model's embedding size, and the two backbone hooks."""
 
-    def __init__(self, encoder: nn.Module, prompt: SoftPrompt):
+    def __init__(self, embeddings: torch.Tensor, init: str = "random"):
         super().__init__()
-        self.model = encoder
-        self.soft_prompt = prompt
+        self.weight = nn.Parameter(embeddings.detach().clone())
+        self.init = init
+        self.hooks: list = []  # handles of the backbone hooks, for remove_soft_prompt
 
     @property
-    def config(self):  # so code that reads ``model.encoder.config`` keeps working
-        return self.model.config
+    def length(self) -> int:
+        return self.weight.shape[0]
 
-    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs) -> BaseModelOutput:
-        if inputs_embeds is None:
-            inputs_embeds = self.model.get_input_embeddings()(input_ids)
-        if attention_mask is None:
-            attention_mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=inputs_embeds.device)
-        embeds, mask = prepend_prompt(self.soft_prompt.weight, inputs_embeds, attention_mask)
-        if kwargs.get("token_type_ids") is not None:  # BERT tokenizers return these: the prompt is segment 0
-            types = kwargs["token_type_ids"]
-            kwargs["token_type_ids"] = torch.cat([torch.zeros_like(types[:, :1]).expand(-1, self.soft_prompt.length),
-                                                  types], dim=1)
-        hidden = self.model(inputs_embeds=embeds, attention_mask=mask, **kwargs).last_hidden_state
-        # Drop the l prompt positions: the classifier pools over real tokens only.
-        return BaseModelOutput(last_hidden_state=hidden[:, self.soft_prompt.length:])
+    def prepend(self, backbone: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Forward pre-hook: embed the input, put the prompt in front, widen the mask."""
+        kwargs = dict(kwargs)
+        input_ids = args[0] if args else kwargs.pop("input_ids", None)
+        embeds = kwargs.pop("inputs_embeds", None)
+        if embeds is None:
+            embeds = backbone.get_input_embeddings()(input_ids)
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        kwargs["inputs_embeds"], kwargs["attention_mask"] = prepend_prompt(self.weight, embeds, mask)
+        types = kwargs.get("token_type_ids")
+        if types is not None:  # BERT tokenizers return these: the prompt is segment 0
+            kwargs["token_type_ids"] = torch.cat([torch.zeros_like(types[:, :1]).expand(-1, self.length), types], 1)
+        return (), kwargs
+
+    def drop(self, backbone: nn.Module, args: tuple, kwargs: dict, output):
+        """Forward hook: keep the real tokens' states only (the classifier pools those)."""
+        output.last_hidden_state = output.last_hidden_state[:, self.length:]
+        return output
 
 
-def initial_prompt(encoder: nn.Module, length: int, init: str = "random", text: str | None = None,
+def initial_prompt(backbone: nn.Module, length: int, init: str = "random", text: str | None = None,
                    tokenizer=None, seed: int = 0, std: float = 0.02) -> torch.Tensor:
     """The starting value of the prompt (l, d) for one of :data:`PROMPT_INITS`."""
     if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
         raise ValueError(f"The prompt length must be a positive integer, got {length!r} (try 10).")
-    table = encoder.get_input_embeddings().weight.detach()
+    table = backbone.get_input_embeddings().weight.detach()
     generator = torch.Generator().manual_seed(seed)
     if init == "random":
         return std * torch.randn(length, table.shape[1], generator=generator)
@@ -101,24 +104,68 @@ def initial_prompt(encoder: nn.Module, length: int, init: str = "random", text: 
             raise ValueError("init='text' needs text='...' and tokenizer=... (the model's tokenizer).")
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
-            raise ValueError(f"The text {text!r} has no tokens.")
+            raise ValueError(f"The text {text!r} has no tokens; give a task description such as "
+                             "'Is this review positive or negative?'.")
         ids = (ids * (length // len(ids) + 1))[:length]  # repeat or cut to length l
         return table[torch.tensor(ids)].clone()
     raise ValueError(f"Unknown prompt init {init!r}; choose one of {PROMPT_INITS}.")
 
 
 def add_soft_prompt(model: nn.Module, length: int = 10, init: str = "random", text: str | None = None,
-                    tokenizer=None, seed: int = 0, train_head: bool = True) -> SoftPrompt:
-    """Add prompt tuning to a :class:`~peft_teach.models.SequenceClassifier` (in place).
+                    tokenizer=None, seed: int = 0) -> dict[str, SoftPrompt]:
+    """Add prompt tuning to ``model`` (a classifier or a bare backbone), in place.
 
-    ``model.encoder`` becomes a :class:`PromptedEncoder`; everything is frozen except
-    the prompt (``encoder.soft_prompt.weight``) and the head.
+    ``model.soft_prompt`` holds the prompt; the backbone gets the two hooks; only the
+    prompt (and the head) train. Returns ``{"soft_prompt": the prompt}``.
     """
-    start = initial_prompt(model.encoder, length, init, text, tokenizer, seed)
-    prompt = SoftPrompt(start)
-    freeze(model)
-    model.encoder = PromptedEncoder(model.encoder, prompt)
-    if train_head and hasattr(model, "head"):
-        for parameter in model.head.parameters():
-            parameter.requires_grad_(True)
-    return prompt
+    if hasattr(model, "soft_prompt"):
+        raise ValueError("This model already has a soft prompt; remove_soft_prompt(model) first.")
+    backbone = get_backbone(model)
+    prompt = SoftPrompt(initial_prompt(backbone, length, init, text, tokenizer, seed), init)
+    model.soft_prompt = prompt.to(next(backbone.parameters()).device)
+    prompt.hooks = [backbone.register_forward_pre_hook(prompt.prepend, with_kwargs=True),
+                    backbone.register_forward_hook(prompt.drop, with_kwargs=True)]
+    train_only(model, [prompt])
+    return {"soft_prompt": prompt}
+
+
+def remove_soft_prompt(model: nn.Module) -> None:
+    """Take the prompt and its hooks away: the model is the base model again."""
+    prompt = _prompt_of(model)
+    for hook in prompt.hooks:
+        hook.remove()
+    del model.soft_prompt
+
+
+def _prompt_of(model: nn.Module) -> SoftPrompt:
+    if not isinstance(getattr(model, "soft_prompt", None), SoftPrompt):
+        raise ValueError("This model has no soft prompt; add_soft_prompt(model, ...) or load_soft_prompt(model, folder).")
+    return model.soft_prompt
+
+
+def soft_prompt_parameters(model: nn.Module) -> int:
+    """Measured: the prompt's parameters (the head excluded)."""
+    return _prompt_of(model).weight.numel()
+
+
+def soft_prompt_parameter_count(model: nn.Module, length: int) -> int:
+    """Formula: l * d."""
+    return length * get_backbone(model).config.hidden_size
+
+
+def save_soft_prompt(model: nn.Module, folder: str | Path) -> Path:
+    """Write the prompt and the head to ``folder``."""
+    prompt = _prompt_of(model)
+    config = {"length": prompt.length, "init": prompt.init}
+    return save_checkpoint(folder, "soft_prompt", config, {"soft_prompt.weight": prompt.weight}, model,
+                           getattr(model, "head", None))
+
+
+def load_soft_prompt(model: nn.Module, folder: str | Path) -> dict[str, SoftPrompt]:
+    """Add the prompt saved in ``folder`` (and load its head into ``model.head``)."""
+    config, tensors = read_checkpoint(folder, "soft_prompt", model)
+    own, head = split_head(tensors)
+    added = add_soft_prompt(model, length=config["length"])
+    load_into(added["soft_prompt"], {"weight": own["soft_prompt.weight"]}, "soft prompt")
+    load_head(model, head)
+    return added

@@ -1,0 +1,60 @@
+"""Where things live inside each transformer family: the one table every method reads.
+
+Methods name modules by regular expressions over full module names (see
+:func:`peft_teach.methods.inject.find_modules`), relative to the backbone.
+Two block layouts exist among the supported families:
+
+* **post-LN** (BERT, RoBERTa): ``y = LayerNorm(h + r)`` closes each sub-layer, inside
+  a ``*Output`` module (``dense``, ``dropout``, ``LayerNorm``);
+* **pre-LN** (GPT-2, Llama, Mistral, Qwen): ``y = r + h`` with ``h = sublayer(LN(r))``;
+  the residual add happens in the block itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Regular expressions for one family's modules (full names inside the backbone)."""
+
+    norm: str              # "post" or "pre"
+    self_attention: str    # the module whose attention function prefix methods replace
+    attention_output: str  # post-LN: the *Output after attention; pre-LN: the attention module
+    ffn_output: str        # post-LN: the *Output after the FFN;    pre-LN: the MLP module
+    block: str             # one transformer layer
+
+
+_BERT = Layout("post", r"encoder\.layer\.\d+\.attention\.self", r"encoder\.layer\.\d+\.attention\.output",
+               r"encoder\.layer\.\d+\.output", r"encoder\.layer\.\d+")
+_GPT2 = Layout("pre", r"h\.\d+\.attn", r"h\.\d+\.attn", r"h\.\d+\.mlp", r"h\.\d+")
+_LLAMA = Layout("pre", r"layers\.\d+\.self_attn", r"layers\.\d+\.self_attn", r"layers\.\d+\.mlp", r"layers\.\d+")
+
+LAYOUTS: dict[str, Layout] = {
+    "bert": _BERT, "roberta": _BERT, "xlm-roberta": _BERT,
+    "gpt2": _GPT2,
+    "llama": _LLAMA, "mistral": _LLAMA, "qwen2": _LLAMA, "qwen3": _LLAMA,
+}
+
+
+def layout_of(backbone: nn.Module, method: str) -> Layout:
+    """The layout of ``backbone``'s family, or an error listing the supported families."""
+    model_type = getattr(getattr(backbone, "config", None), "model_type", None)
+    if model_type not in LAYOUTS:
+        raise ValueError(
+            f"{method} does not know where the layers live in model type {model_type!r}. "
+            f"Supported model types: {sorted(LAYOUTS)}. Use one of these, or add a Layout for yours "
+            "to peft_teach.methods.architectures.LAYOUTS."
+        )
+    return LAYOUTS[model_type]
+
+
+def attention_shape(config) -> tuple[int, int, int, int]:
+    """(layers, query heads, key/value heads, head size) of a transformers config."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return config.num_hidden_layers, heads, kv_heads, head_dim

@@ -1,0 +1,97 @@
+"""One checkpoint format for every method: a folder with two small files.
+
+    <folder>/weights.safetensors   the method's tensors, plus the head under ``head.*``
+    <folder>/config.json           {"method", "config", "base_model"}
+
+Tensor names are those in the model, relative to the backbone. ``config`` is what ``add_*`` needs to rebuild the method's modules; ``base_model``
+is :func:`~peft_teach.models.base_model_fingerprint` of the model it was trained
+on, so loading into another base model fails with one exception type
+(:class:`~peft_teach.models.IncompatibleBaseModelError`) that names the fields
+that differ. Only the method's own tensors are stored: kilobytes, not the 90 MB
+base model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from peft_teach.models import base_model_fingerprint, check_same_base
+
+WEIGHTS_FILE = "weights.safetensors"
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is missing, incomplete, corrupt, or holds another method."""
+
+
+def save_checkpoint(folder: str | Path, method: str, config: dict, tensors: dict[str, torch.Tensor],
+                    model: nn.Module, head: nn.Module | None = None) -> Path:
+    """Write ``tensors`` (and ``head``'s, as ``head.*``) and the JSON description into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Names relative to the backbone: a checkpoint from a classifier loads into a bare backbone too.
+    state = {name.removeprefix("backbone."): tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
+    if head is not None:
+        state.update({f"head.{key}": value.detach().cpu().contiguous() for key, value in head.state_dict().items()})
+    save_file(state, str(folder / WEIGHTS_FILE))
+    meta = {"method": method, "config": config, "base_model": base_model_fingerprint(model)}
+    (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return folder
+
+
+def read_checkpoint(folder: str | Path, method: str, model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The saved ``config`` and tensors, after checking the method and the base model."""
+    folder = Path(folder)
+    for file in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (folder / file).is_file():
+            raise CheckpointError(f"{folder} has no {file}: it is not a checkpoint folder. "
+                                  f"Pass the folder that save_{method}(...) wrote.")
+    try:
+        meta = json.loads((folder / CONFIG_FILE).read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{folder / CONFIG_FILE} is not valid JSON ({error}); the checkpoint is damaged. "
+                              f"Save it again with save_{method}(...).") from None
+    if meta.get("method") != method:
+        raise CheckpointError(f"{folder} holds a {meta.get('method')!r} checkpoint, not {method!r}. "
+                              f"Load it with load_{meta.get('method')}(...).")
+    check_same_base(meta["base_model"], model, str(folder))
+    try:
+        tensors = load_file(str(folder / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{folder / WEIGHTS_FILE} could not be read ({error}); the file is damaged or "
+                              f"truncated. Save it again with save_{method}(...).") from None
+    return meta["config"], tensors
+
+
+def split_head(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(the method's tensors, the head's tensors without the ``head.`` prefix)."""
+    head = {key.removeprefix("head."): value for key, value in tensors.items() if key.startswith("head.")}
+    own = {key: value for key, value in tensors.items() if not key.startswith("head.")}
+    return own, head
+
+
+def load_into(module: nn.Module, tensors: dict[str, torch.Tensor], what: str) -> None:
+    """``module.load_state_dict`` with an error that says which checkpoint does not fit."""
+    own = module.state_dict()
+    if set(own) != set(tensors) or any(own[k].shape != tensors[k].shape for k in own):
+        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+        expected = {k: tuple(v.shape) for k, v in own.items()}
+        raise CheckpointError(f"The checkpoint's {what} does not fit this model: saved {shapes}, "
+                              f"model expects {expected}. Load it into the model it was saved from "
+                              "(same method settings and number of labels).")
+    with torch.no_grad():
+        for key, value in tensors.items():
+            own[key].copy_(value)
+
+
+def load_head(model: nn.Module, head: dict[str, torch.Tensor]) -> None:
+    """Load saved head tensors into the model's (active) head, if both exist."""
+    if head and isinstance(getattr(model, "head", None), nn.Module):
+        load_into(model.head, head, "classifier head (check num_labels)")
