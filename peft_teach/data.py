@@ -260,6 +260,11 @@ def load_task(name: str, seed: int = 0, label_noise: float = 0.0) -> DatasetDict
     """
     if name not in TASKS:
         raise KeyError(f"Unknown task {name!r}. Course tasks: {sorted(TASKS)}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an integer (e.g. 0), got {seed!r}.")
+    if isinstance(label_noise, bool) or not isinstance(label_noise, (int, float)) or not 0.0 <= label_noise <= 1.0:
+        raise ValueError(f"label_noise is the fraction of training labels to randomise, a number in [0, 1] "
+                         f"(e.g. 0.1), got {label_noise!r}.")
     spec = TASKS[name]
     rng = random.Random(_task_seed(name, seed))
     total = sum(spec.sizes)

@@ -78,6 +78,8 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 def predict(model: nn.Module, dataset: Dataset, tokenizer, batch_size: int = 64,
             max_length: int = 256) -> torch.Tensor:
     """Logits for every example of ``dataset`` (on the CPU)."""
+    if isinstance(dataset, DatasetDict):
+        raise TypeError(f"Pass one split, e.g. data['test'], not the whole DatasetDict (splits: {list(dataset)}).")
     model.eval()
     device = next(model.parameters()).device
     outputs = []
@@ -126,6 +128,30 @@ def parameter_groups(model: nn.Module, lr: float, head_lr: float | None = None) 
     return [group for group in ({"params": rest, "lr": lr}, {"params": head, "lr": head_lr}) if group["params"]]
 
 
+def check_training_setup(model: nn.Module, data: DatasetDict, *, epochs: int, lr: float, batch_size: int,
+                         eval_split: str | None) -> None:
+    """Fail before training starts, with the fix, on settings that cannot work."""
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if not lr > 0:
+        raise ValueError(f"lr (learning rate) must be positive, e.g. 1e-3, got {lr!r}.")
+    if not isinstance(data, DatasetDict) or "train" not in data:
+        raise ValueError("data must be a DatasetDict with a 'train' split, e.g. load_task('sentiment').")
+    if eval_split is not None and eval_split not in data:
+        raise ValueError(f"eval_split {eval_split!r} is not in the data (splits: {list(data)}); "
+                         "use one of those, or eval_split=None to skip evaluation.")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("No parameter requires a gradient: nothing to train. Add a method (add_lora, "
+                         "add_adapter, ...) or unfreeze some parameters first.")
+    head = getattr(model, "head", None)
+    labels = data["train"]["label"]
+    if isinstance(head, nn.Linear) and labels and max(labels) >= head.out_features:
+        classes = max(labels) + 1
+        raise ValueError(f"The task has {classes} classes but the model's head has {head.out_features} outputs. "
+                         "Build the model for this task: build_classifier(num_labels=len(label_names(data))).")
+
+
 def train(
     model: nn.Module,
     tokenizer,
@@ -151,12 +177,11 @@ def train(
     (parameters named ``head.*``) its own learning rate: prompts and prefixes
     want a large one, a linear head a small one. Returns a :class:`History`.
     """
+    check_training_setup(model, data, epochs=epochs, lr=lr, batch_size=batch_size, eval_split=eval_split)
     set_seed(seed)
     device = device or get_device()
     model.to(device)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    if not parameters:
-        raise ValueError("No parameter requires a gradient: nothing to train. Did you freeze everything?")
     optimizer = torch.optim.AdamW(parameter_groups(model, lr, head_lr), lr=lr, weight_decay=weight_decay)
     loader = make_loader(data["train"], tokenizer, batch_size, shuffle=True, seed=seed, max_length=max_length)
     total_steps = epochs * len(loader)

@@ -132,15 +132,16 @@ def unfreeze_matching(model: nn.Module, patterns: str | Iterable[str]) -> list[s
     return switched
 
 
-def train_only(model: nn.Module, modules: Iterable[nn.Module]) -> list[str]:
-    """Freeze ``model``, then let ``modules`` and the task ``head`` (if any) train.
+def train_only(model: nn.Module, new: Iterable[nn.Module | nn.Parameter]) -> list[str]:
+    """Freeze ``model``, then let the ``new`` modules or parameters and the task ``head`` train.
 
     Every method's ``add_*`` ends with this call, so "trainable = what the method
-    added + the head" is written once. Returns the trainable parameter names.
+    added + the head" is written once. (LoRA passes its A and B, not the LoRALinear,
+    whose frozen base layer must stay frozen.) Returns the trainable parameter names.
     """
     freeze(model)
-    for module in modules:
-        module.requires_grad_(True)
+    for part in new:
+        part.requires_grad_(True)
     head = getattr(model, "head", None)
     if isinstance(head, nn.Module):  # a classifier: the new task needs its own head
         head.requires_grad_(True)

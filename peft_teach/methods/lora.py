@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from peft_teach.methods.checkpoint import CheckpointError, load_head, load_into, read_checkpoint, save_checkpoint, split_head
+from peft_teach.methods.checkpoint import CheckpointError, load_head, read_checkpoint, save_checkpoint, split_head
 from peft_teach.methods.inject import find_modules, replace_module, train_only
 from peft_teach.models import base_model_fingerprint, check_same_base, get_backbone
 
@@ -155,7 +155,7 @@ def add_lora(model: nn.Module, targets: str | Iterable[str] = ("query", "value")
     for name, layer in found.items():
         added[prefix + name] = LoRALinear(layer, r=r, alpha=alpha, dropout=dropout, generator=generator)
         replace_module(backbone, name, added[prefix + name])
-    train_only(model, added.values())
+    train_only(model, [matrix for layer in added.values() for matrix in (layer.lora_A, layer.lora_B)])
     return added
 
 
@@ -236,11 +236,22 @@ def load_lora(model: nn.Module, folder: str | Path) -> dict[str, LoRALinear]:
     own, head = split_head(tensors)
     added = add_lora(model, targets=config["targets"], r=config["r"], alpha=config["alpha"],
                      dropout=config["dropout"])
-    for name, layer in added.items():
-        name = name.removeprefix("backbone.")
-        load_into(layer, {"lora_A": own[f"{name}.lora_A"], "lora_B": own[f"{name}.lora_B"]}, f"LoRA of {name}")
+    _copy_matrices(added, own)
     load_head(model, head)
     return added
+
+
+def _copy_matrices(added: dict[str, LoRALinear], tensors: dict[str, torch.Tensor]) -> None:
+    """Copy saved A and B (named inside the backbone) into the new layers."""
+    with torch.no_grad():
+        for name, layer in added.items():
+            name = name.removeprefix("backbone.")
+            for matrix in ("lora_A", "lora_B"):
+                saved, own = tensors[f"{name}.{matrix}"], getattr(layer, matrix)
+                if saved.shape != own.shape:
+                    raise CheckpointError(f"{name}.{matrix}: saved shape {tuple(saved.shape)}, model shape "
+                                          f"{tuple(own.shape)}. Load it into the base model it was trained on.")
+                own.copy_(saved)
 
 
 # --------------------------------------------------------------------------- peft format
@@ -314,9 +325,7 @@ def import_from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
     # Full module names: exactly the layers the adapter has tensors for are adapted.
     added = add_lora(model, targets=targets, r=int(config["r"]), alpha=config["lora_alpha"],
                      dropout=float(config.get("lora_dropout", 0.0)))
-    for name, layer in added.items():
-        name = name.removeprefix("backbone.")
-        load_into(layer, {"lora_A": ours[f"{name}.lora_A"], "lora_B": ours[f"{name}.lora_B"]}, f"LoRA of {name}")
+    _copy_matrices(added, ours)
     if isinstance(getattr(model, "head", None), nn.Module) and (directory / HEAD_FILE).exists():
         with safe_open(str(directory / HEAD_FILE), framework="pt") as handle:
             info = json.loads((handle.metadata() or {})[HEAD_KEY])
