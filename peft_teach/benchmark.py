@@ -39,14 +39,14 @@ def lora_benchmark_models(r: int = 8, alpha: float = 16) -> dict[str, nn.Module]
     config = peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=list(TARGETS), lora_dropout=0.0)
     with warnings.catch_warnings():  # a transformers 5 deprecation that peft reads, not ours
         warnings.simplefilter("ignore", FutureWarning)
-        theirs.encoder = peft.get_peft_model(theirs.encoder, config)
+        theirs.backbone = peft.get_peft_model(theirs.backbone, config)
     generator = torch.Generator().manual_seed(0)
-    peft_modules = dict(theirs.encoder.named_modules())
+    peft_modules = dict(theirs.backbone.named_modules())
     with torch.no_grad():
         for name, layer in lora_layers(ours).items():
             # a non-zero B, so that the LoRA path really computes something
             layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator) * 0.01)
-            reference = peft_modules["base_model.model." + name.removeprefix("encoder.")]
+            reference = peft_modules["base_model.model." + name.removeprefix("backbone.")]
             reference.lora_A["default"].weight.copy_(layer.lora_A)
             reference.lora_B["default"].weight.copy_(layer.lora_B)
     merged = merge_lora(copy.deepcopy(ours))

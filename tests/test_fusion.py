@@ -28,7 +28,12 @@ def fused_model(names=NAMES):
     for i, name in enumerate(names):
         A.add_adapter(model, name, seed=i)
         perturb(model, name, seed=10 + i)
-    return model, F.add_fusion(model, names, num_labels=5)
+    added = F.add_fusion(model, names, num_labels=5)
+    name = F.fusion_name(names)
+    assert len(added) == LAYERS and all(isinstance(f, F.FusionLayer) for f in added.values())
+    assert all(model.get_submodule(n) is f for n, f in added.items())
+    assert list(added.values()) == F.fusion_layers(model, name)
+    return model, name
 
 
 def test_fusion_layer_formula():
@@ -47,19 +52,20 @@ def test_value_starts_near_identity_and_count():
     assert torch.allclose(layer.value.weight, torch.eye(D), atol=1e-6)
     assert not torch.equal(layer.value.weight, torch.eye(D))  # + 1e-6 off the diagonal
     assert layer.value.bias is None and layer.query.bias is not None
-    assert count_parameters(layer) == F.fusion_parameter_count(D) == 3 * D * D + 2 * D
+    assert count_parameters(layer) == F.fusion_layer_parameter_count(D) == 3 * D * D + 2 * D
 
 
 def test_brief_counts_for_minilm():
-    assert F.fusion_parameter_count(384) == 443_136
-    assert 6 * F.fusion_parameter_count(384) == 2_658_816
+    assert F.fusion_layer_parameter_count(384) == 443_136
+    assert 6 * F.fusion_layer_parameter_count(384) == 2_658_816
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_fusion_parameters_independent_of_n(n):
     model, name = fused_model(NAMES[:n])
     total = sum(count_parameters(f) for f in F.fusion_layers(model, name))
-    assert total == LAYERS * F.fusion_parameter_count(D)
+    assert total == LAYERS * F.fusion_layer_parameter_count(D)
+    assert F.fusion_parameters(model, name) == F.fusion_parameter_count(model, NAMES[:n]) == total
 
 
 def test_weights_sum_to_one_per_layer_and_example(batch):
@@ -85,7 +91,9 @@ def test_single_adapter_fusion_equals_that_adapter_with_identity_value(batch):
 
 def test_stage_two_changes_only_fusion_and_head(batch):
     model, name = fused_model()
+    trainable_after_add = [n for n, p in model.named_parameters() if p.requires_grad]
     trainable = F.train_fusion(model, name)
+    assert trainable == trainable_after_add  # add_fusion already trains only the fusion + its head
     assert all(".fusions." in n or n.startswith("head.") for n in trainable)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -127,7 +135,8 @@ def test_mixed_placements_and_unknown_names_fail_clearly():
 def test_add_and_remove_adapter_from_fusion(batch):
     model, name = fused_model()
     F.remove_fusion(model, name)
-    smaller = F.add_fusion(model, ["a", "b"], num_labels=5)
+    F.add_fusion(model, ["a", "b"], num_labels=5)
+    smaller = F.fusion_name(["a", "b"])
     assert F.fusion_weights(model, smaller, batch).shape[-1] == 2
     assert F.fusion_names(model) == [smaller]
 
@@ -150,4 +159,4 @@ def test_extra_loss_works_with_train_loop():
     history = train(model, Tok(), data, epochs=1, batch_size=8, eval_split=None,
                     extra_loss=F.value_regularization(name), device=torch.device("cpu"))
     assert len(history.train_loss) == 2
-    assert history.trainable_parameters == LAYERS * F.fusion_parameter_count(D) + D * 5 + 5
+    assert history.trainable_parameters == LAYERS * F.fusion_layer_parameter_count(D) + D * 5 + 5

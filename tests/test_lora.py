@@ -8,19 +8,24 @@ from torch import nn
 from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel
 from transformers.pytorch_utils import Conv1D
 
+from safetensors.torch import load_file
+
+from peft_teach.methods.checkpoint import read_checkpoint
 from peft_teach.methods.inject import UnknownModuleError
 from peft_teach.methods.lora import (
     LoRALinear,
     add_lora,
     load_lora,
     lora_layers,
+    lora_matrix_parameter_count,
     lora_parameter_count,
+    lora_parameters,
     lora_state_dict,
     merge_lora,
     save_lora,
     unmerge_lora,
 )
-from peft_teach.models import SequenceClassifier
+from peft_teach.models import IncompatibleBaseModelError, SequenceClassifier
 
 HIDDEN, LAYERS = 32, 2
 
@@ -116,9 +121,12 @@ def test_identity_at_init():
 
 def test_only_lora_and_head_trainable_and_only_they_change():
     model = classifier()
-    add_lora(model, r=4, alpha=8)
+    added = add_lora(model, r=4, alpha=8)
+    assert list(added) == [f"backbone.encoder.layer.{i}.attention.self.{m}"
+                           for i in range(LAYERS) for m in ("query", "value")]
+    assert all(isinstance(layer, LoRALinear) and model.get_submodule(n) is layer for n, layer in added.items())
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    expected = {f"encoder.encoder.layer.{i}.attention.self.{m}.lora_{x}"
+    expected = {f"backbone.encoder.layer.{i}.attention.self.{m}.lora_{x}"
                 for i in range(LAYERS) for m in ("query", "value") for x in "AB"} | {"head.weight", "head.bias"}
     assert trainable == expected
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -141,19 +149,22 @@ def test_bare_automodel_trains_only_lora():
 
 def test_parameter_count_equals_formula():
     model = classifier()
+    formula = lora_parameter_count(model, ["query", "value"], r=4)  # from the config, before adding
     add_lora(model, targets=["query", "value"], r=4)
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     assert lora == 2 * (2 * LAYERS) * HIDDEN * 4 == 1024
-    assert lora_parameter_count(HIDDEN, HIDDEN, 4) * 2 * LAYERS == lora
+    assert lora_matrix_parameter_count(HIDDEN, HIDDEN, 4) * 2 * LAYERS == lora
+    assert formula == lora_parameters(model) == lora
 
 
 def test_default_model_count_is_73728():
     from peft_teach.models import build_classifier
 
     model = build_classifier(2)
+    formula = lora_parameter_count(model, r=8)
     add_lora(model, r=8, alpha=16)
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-    assert lora == 2 * 12 * 384 * 8 == 73_728
+    assert lora == 2 * 12 * 384 * 8 == 73_728 == formula == lora_parameters(model)
 
 
 def test_seed_makes_injection_reproducible():
@@ -226,11 +237,13 @@ def test_merged_forward_skips_the_lora_path():
 def test_gpt2_conv1d_fused_c_attn():
     model = tiny_gpt2()
     before = model(**batch()).last_hidden_state
+    formula = lora_parameter_count(model, ["c_attn"], r=4)  # from the config, before adding
     added = add_lora(model, targets=["c_attn"], r=4, alpha=4)
     assert isinstance(next(iter(added.values())).base_layer, Conv1D)
     assert torch.equal(model(**batch()).last_hidden_state, before)
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-    assert lora == LAYERS * lora_parameter_count(HIDDEN, 3 * HIDDEN, 4) == 1024
+    assert lora == LAYERS * lora_matrix_parameter_count(HIDDEN, 3 * HIDDEN, 4) == 1024
+    assert lora_parameters(model) == formula == lora
     randomize_b(model)
     unmerged = model(**batch()).last_hidden_state
     assert not torch.allclose(unmerged, before, atol=1e-3)
@@ -241,11 +254,13 @@ def test_gpt2_conv1d_fused_c_attn():
 def test_llama_q_v_proj():
     model = tiny_llama()
     before = model(**batch()).last_hidden_state
+    formula = lora_parameter_count(model, ["q_proj", "v_proj"], r=2)  # from the config, before adding
     add_lora(model, targets=["q_proj", "v_proj"], r=2, alpha=4)
     assert torch.equal(model(**batch()).last_hidden_state, before)
     # grouped-query attention: v_proj is 32 -> 16 (2 KV heads of 8)
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-    assert lora == LAYERS * (lora_parameter_count(32, 32, 2) + lora_parameter_count(32, 16, 2)) == 448
+    assert lora == LAYERS * (lora_matrix_parameter_count(32, 32, 2) + lora_matrix_parameter_count(32, 16, 2)) == 448
+    assert lora_parameters(model) == formula == lora
     randomize_b(model)
     unmerged = model(**batch()).last_hidden_state
     merge_lora(model)
@@ -255,11 +270,15 @@ def test_llama_q_v_proj():
 # ----------------------------------------------------------------------------- save / load
 
 
-def test_state_dict_holds_only_lora_and_head():
+def test_state_dict_holds_only_lora_and_head(tmp_path):
     model = classifier()
     add_lora(model, r=4)
-    names = set(lora_state_dict(model))
-    assert names == {n for n, p in model.named_parameters() if p.requires_grad}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    # names inside the backbone: the LoRA tensors are exactly the trainable ones but the head
+    assert {f"backbone.{n}" for n in lora_state_dict(model)} == trainable - {"head.weight", "head.bias"}
+    # the checkpoint holds exactly the trainable tensors (names relative to the backbone)
+    save_lora(model, tmp_path / "lora")
+    assert set(load_file(tmp_path / "lora" / "weights.safetensors")) == {n.removeprefix("backbone.") for n in trainable}
 
 
 def test_save_load_round_trip(tmp_path):
@@ -269,11 +288,17 @@ def test_save_load_round_trip(tmp_path):
     with torch.no_grad():
         model.head.weight.add_(1.0)
     expected = model(**batch())
-    path = save_lora(model, tmp_path / "lora.safetensors")
-    assert path.stat().st_size < 20_000  # A, B and the head only, not the whole model
+    path = save_lora(model, tmp_path / "lora")
+    assert path == tmp_path / "lora"
+    assert (path / "weights.safetensors").stat().st_size < 20_000  # A, B and the head only, not the whole model
+    config, _ = read_checkpoint(path, "lora", model)
+    assert (config["r"], config["alpha"], config["dropout"]) == (4, 8, 0.0)
+    assert config["targets"] == [f"encoder.layer.{i}.attention.self.{m}"
+                                 for i in range(LAYERS) for m in ("query", "value")]
     fresh = classifier()  # same seed -> same base weights, fresh head, no LoRA yet
     assert not torch.allclose(fresh(**batch()), expected, atol=1e-3)
-    load_lora(fresh, path)
+    loaded = load_lora(fresh, path)
+    assert set(loaded) == set(lora_layers(model))
     torch.testing.assert_close(fresh(**batch()), expected, atol=1e-6, rtol=0)
     assert sum(p.numel() for p in fresh.parameters() if p.requires_grad) == 1024 + 3 * HIDDEN + 3
 
@@ -281,10 +306,11 @@ def test_save_load_round_trip(tmp_path):
 def test_load_into_wrong_base_model_is_refused(tmp_path):
     model = classifier()
     add_lora(model, r=4)
-    path = save_lora(model, tmp_path / "lora.safetensors")
+    path = save_lora(model, tmp_path / "lora")
     other = classifier(tiny_bert(hidden=48))
-    with pytest.raises(ValueError, match=r"trained on base model .*hidden 32.* this model is .*hidden 48"):
+    with pytest.raises(IncompatibleBaseModelError, match=r"another base model.*'hidden_size': \(32, 48\)"):
         load_lora(other, path)
+    assert not lora_layers(other)  # nothing was added
 
 
 def test_saving_merged_model_is_refused(tmp_path):
@@ -292,4 +318,4 @@ def test_saving_merged_model_is_refused(tmp_path):
     add_lora(model)
     merge_lora(model)
     with pytest.raises(ValueError, match="Unmerge first"):
-        save_lora(model, tmp_path / "x.safetensors")
+        save_lora(model, tmp_path / "x")

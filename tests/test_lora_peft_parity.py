@@ -66,14 +66,14 @@ def ours_and_peft(encoder_factory, targets):
     theirs.head.load_state_dict(ours.head.state_dict())
     add_lora(ours, targets=targets, r=4, alpha=8)
     fan_in_fan_out = encoder_factory is tiny_gpt2
-    theirs.encoder = peft_lora(theirs.encoder, targets, fan_in_fan_out=fan_in_fan_out)
+    theirs.backbone = peft_lora(theirs.backbone, targets, fan_in_fan_out=fan_in_fan_out)
     generator = torch.Generator().manual_seed(5)
-    references = peft_layers(theirs.encoder)
+    references = peft_layers(theirs.backbone)
     assert len(references) == len(lora_layers(ours)) > 0
     with torch.no_grad():
         for name, layer in lora_layers(ours).items():
             layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator) * 0.1)
-            reference = references[name.removeprefix("encoder.")]
+            reference = references[name.removeprefix("backbone.")]
             reference.lora_A["default"].weight.copy_(layer.lora_A)
             reference.lora_B["default"].weight.copy_(layer.lora_B)
     return ours, theirs
@@ -122,7 +122,7 @@ def test_export_loads_in_peft(tmp_path):
 
 def test_import_from_peft_checkpoint(tmp_path):
     ours, theirs = ours_and_peft(tiny_bert, ("query", "value"))
-    theirs.encoder.save_pretrained(tmp_path)  # peft's own writer
+    theirs.backbone.save_pretrained(tmp_path)  # peft's own writer
     fresh = SequenceClassifier(tiny_bert(), 3).eval()
     fresh.head.load_state_dict(ours.head.state_dict())
     import_from_peft(fresh, tmp_path)

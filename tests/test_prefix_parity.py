@@ -62,7 +62,7 @@ def test_matches_transformers_cache_path(kind):
     model, reference, ids, mask = prefixed_pair(kind)
     positions = torch.arange(ids.shape[1]).unsqueeze(0).expand(ids.shape[0], -1)
     with torch.no_grad():
-        ours = model.encoder(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+        ours = model.backbone(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
         wide_mask = torch.cat([torch.ones(ids.shape[0], LENGTH, dtype=torch.long), mask], dim=1)
         theirs = reference(input_ids=ids, attention_mask=wide_mask, position_ids=positions,
                            past_key_values=prefilled_cache(model, reference, ids.shape[0])).last_hidden_state
@@ -86,8 +86,8 @@ def test_matches_peft_prefix_tuning_up_to_positions(kind):
     with torch.no_grad():
         peft_model.prompt_encoder["default"].embedding.weight.copy_(table)
         theirs = peft_model(input_ids=ids, attention_mask=mask).last_hidden_state
-        ours_plain = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        ours_plain = model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
         shifted = torch.arange(LENGTH, LENGTH + ids.shape[1]).unsqueeze(0).expand(ids.shape[0], -1)
-        ours_shifted = model.encoder(input_ids=ids, attention_mask=mask, position_ids=shifted).last_hidden_state
+        ours_shifted = model.backbone(input_ids=ids, attention_mask=mask, position_ids=shifted).last_hidden_state
     assert (real(ours_shifted, mask) - real(theirs, mask)).abs().max().item() <= TOL
     assert (real(ours_plain, mask) - real(theirs, mask)).abs().max().item() > 1e-3  # the position shift matters

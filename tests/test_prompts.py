@@ -11,7 +11,14 @@ from transformers import AutoModel, BertConfig, GPT2Config
 
 from tiny_models import names_changed_by_one_step
 from peft_teach.models import SequenceClassifier
-from peft_teach.methods.prompts import add_soft_prompt, initial_prompt, prepend_prompt
+from peft_teach.methods.prompts import (
+    SoftPrompt,
+    add_soft_prompt,
+    initial_prompt,
+    prepend_prompt,
+    soft_prompt_parameter_count,
+    soft_prompt_parameters,
+)
 
 
 def tiny_classifier(kind: str = "bert", seed: int = 0) -> SequenceClassifier:
@@ -34,17 +41,20 @@ class CharTokenizer:
 
 def test_parameter_count_and_trainable_set():
     model = tiny_classifier()
-    add_soft_prompt(model, length=5)
+    added = add_soft_prompt(model, length=5)
+    assert list(added) == ["soft_prompt"] and isinstance(added["soft_prompt"], SoftPrompt)
+    assert model.soft_prompt is added["soft_prompt"]
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"encoder.soft_prompt.weight": 5 * 32, "head.weight": 64, "head.bias": 2}
+    assert trainable == {"soft_prompt.weight": 5 * 32, "head.weight": 64, "head.bias": 2}
+    assert soft_prompt_parameters(model) == soft_prompt_parameter_count(model, 5) == 5 * 32
 
 
 def test_default_model_count_is_l_times_d():
     from peft_teach.models import build_classifier
 
     model = build_classifier(2)
-    prompt = add_soft_prompt(model, length=10)
-    assert prompt.weight.numel() == 3840
+    prompt = add_soft_prompt(model, length=10)["soft_prompt"]
+    assert prompt.weight.numel() == 3840 == soft_prompt_parameter_count(model, 10) == soft_prompt_parameters(model)
 
 
 def test_prepend_prompt_shapes_and_mask():
@@ -63,19 +73,19 @@ def test_padding_changes_nothing_for_real_tokens(kind):
     padded = torch.cat([ids, torch.zeros(1, 3, dtype=torch.long)], dim=1)
     mask = torch.tensor([[1] * 5 + [0] * 3])
     with torch.no_grad():
-        short = model.encoder(input_ids=ids).last_hidden_state
-        long = model.encoder(input_ids=padded, attention_mask=mask).last_hidden_state
+        short = model.backbone(input_ids=ids).last_hidden_state
+        long = model.backbone(input_ids=padded, attention_mask=mask).last_hidden_state
         assert torch.allclose(short, long[:, :5], atol=1e-5)
         assert torch.allclose(model(input_ids=ids), model(input_ids=padded, attention_mask=mask), atol=1e-5)
 
 
 def test_output_covers_real_tokens_only_and_prompt_matters():
     model = tiny_classifier()
-    reference = copy.deepcopy(model.encoder)
+    reference = copy.deepcopy(model.backbone)
     add_soft_prompt(model, length=4, init="vocab")
     ids = torch.randint(1, 100, (2, 6))
     with torch.no_grad():
-        hidden = model.encoder(input_ids=ids).last_hidden_state
+        hidden = model.backbone(input_ids=ids).last_hidden_state
         base = reference(input_ids=ids).last_hidden_state
     assert hidden.shape == base.shape  # prompt positions dropped before pooling
     assert (hidden - base).abs().max() > 1e-3
@@ -85,11 +95,11 @@ def test_one_step_changes_only_prompt_and_head():
     model = tiny_classifier()
     add_soft_prompt(model, length=4)
     changed = names_changed_by_one_step(model)
-    assert changed == {"encoder.soft_prompt.weight", "head.weight", "head.bias"}
+    assert changed == {"soft_prompt.weight", "head.weight", "head.bias"}
 
 
 def test_inits():
-    encoder = tiny_classifier().encoder
+    encoder = tiny_classifier().backbone
     table = encoder.get_input_embeddings().weight
     vocab = initial_prompt(encoder, 4, "vocab", seed=3)
     assert all(any(torch.equal(row, word) for word in table) for row in vocab)
@@ -120,8 +130,8 @@ def test_matches_peft_prompt_tuning():
     from peft import PromptTuningConfig, get_peft_model
 
     model = tiny_classifier()
-    reference = copy.deepcopy(model.encoder)
-    prompt = add_soft_prompt(model, length=4, init="vocab", seed=2)
+    reference = copy.deepcopy(model.backbone)
+    prompt = add_soft_prompt(model, length=4, init="vocab", seed=2)["soft_prompt"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         peft_model = get_peft_model(reference, PromptTuningConfig(task_type="FEATURE_EXTRACTION",
@@ -131,7 +141,7 @@ def test_matches_peft_prompt_tuning():
     with torch.no_grad():
         peft_model.prompt_encoder["default"].embedding.weight.copy_(prompt.weight)
         theirs = peft_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, 4:]
-        ours = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        ours = model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
     assert (ours - theirs)[mask.bool()].abs().max().item() <= 1e-5
     with torch.no_grad():  # a different prompt gives different outputs: the test can fail
         # (a random change: a constant shift would be removed by BERT's embedding LayerNorm)

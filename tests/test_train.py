@@ -1,4 +1,5 @@
 import torch
+from datasets import DatasetDict
 
 from peft_teach import data, train
 from peft_teach.methods.inject import freeze, unfreeze_matching
@@ -7,7 +8,7 @@ from peft_teach.models import build_classifier
 
 def _small(task="topic", n=64):
     suite = data.load_task(task)
-    return {"train": suite["train"].select(range(n)), "validation": suite["validation"].select(range(32))}
+    return DatasetDict(train=suite["train"].select(range(n)), validation=suite["validation"].select(range(32)))
 
 
 def test_loader_pads_per_batch_and_keeps_order(tokenizer):
@@ -26,10 +27,10 @@ def test_head_only_training_changes_only_the_head_and_is_reproducible(tokenizer)
         model = build_classifier(4, seed=0)
         freeze(model)
         unfreeze_matching(model, "head.")
-        encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+        encoder_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
         head_before = model.head.weight.clone()
         history = train.train(model, tokenizer, _small(), epochs=1, lr=1e-2, batch_size=16, seed=0)
-        assert all(torch.equal(encoder_before[k], v) for k, v in model.encoder.state_dict().items())
+        assert all(torch.equal(encoder_before[k], v) for k, v in model.backbone.state_dict().items())
         assert not torch.equal(head_before, model.head.weight)
         assert len(history.train_loss) == 4 and len(history.eval_accuracy) == 1
         assert history.trainable_parameters == 384 * 4 + 4
@@ -74,13 +75,13 @@ def test_head_lr_gives_the_head_its_own_learning_rate(tokenizer):
     groups = train.parameter_groups(model, lr=0.3, head_lr=1e-3)
     by_lr = {group["lr"]: {id(p) for p in group["params"]} for group in groups}
     assert by_lr[1e-3] == {id(model.head.weight), id(model.head.bias)}
-    assert by_lr[0.3] == {id(model.encoder.soft_prompt.weight)}
+    assert by_lr[0.3] == {id(model.soft_prompt.weight)}
     # without head_lr: one group with every trainable parameter
     (single,) = train.parameter_groups(model, lr=0.3)
     assert single["lr"] == 0.3 and len(single["params"]) == 3
     # a head learning rate of 0 keeps the head fixed while the prompt moves
-    head_before, prompt_before = model.head.weight.clone(), model.encoder.soft_prompt.weight.clone()
+    head_before, prompt_before = model.head.weight.clone(), model.soft_prompt.weight.clone()
     train.train(model, tokenizer, _small("sentiment", n=16), epochs=1, lr=0.3, head_lr=0.0, batch_size=16,
                 eval_split=None)
     assert torch.equal(model.head.weight, head_before)
-    assert not torch.equal(model.encoder.soft_prompt.weight, prompt_before)
+    assert not torch.equal(model.soft_prompt.weight, prompt_before)

@@ -4,7 +4,7 @@ import torch
 from transformers import BertConfig, BertModel, GPT2Config, LlamaConfig
 
 from peft_teach.methods import adapters as A
-from peft_teach.models import SequenceClassifier
+from peft_teach.models import SequenceClassifier, get_backbone
 
 
 def tiny_config(kind: str):
@@ -27,9 +27,9 @@ def tiny_bert_classifier(seed: int = 0, hidden: int = 32, layers: int = 2) -> Se
 
 
 def hidden(model, batch):
-    """Last hidden states of a classifier's encoder, without gradients."""
+    """Last hidden states of a classifier's backbone, without gradients."""
     with torch.no_grad():
-        return model.encoder(**batch).last_hidden_state
+        return get_backbone(model)(**batch).last_hidden_state
 
 
 def perturb(model, name, scale=0.5, seed=1):
