@@ -260,11 +260,12 @@ def _configs(model: nn.Module) -> dict[str, AdapterConfig]:
 def add_head(model: nn.Module, name: str, num_labels: int, seed: int) -> nn.Linear:
     """A new classifier head for adapter (or fusion) ``name``, kept in ``model.adapter_heads``.
 
-    The head the model had before its first adapter is kept as ``model.base_head``
-    and put back when the last adapter is removed.
+    The head the model had before its first adapter is put back when the last adapter
+    is removed. It is kept in a list, outside the module tree, so that it does not count
+    as a parameter of the adapted model.
     """
     if not hasattr(model, "adapter_heads"):
-        model.base_head = model.head
+        model.base_head = [model.head]
         model.adapter_heads = nn.ModuleDict()
     d = model.head.in_features
     head = nn.Linear(d, num_labels)
@@ -282,10 +283,10 @@ def remove_head(model: nn.Module, name: str) -> None:
     if heads is None or name not in heads:
         return
     if model.head is heads[name]:
-        model.head = model.base_head
+        model.head = model.base_head[0]
     del heads[name]
     if len(heads) == 0:
-        model.head = model.base_head
+        model.head = model.base_head[0]
         del model.adapter_heads, model.base_head
 
 
