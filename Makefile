@@ -59,14 +59,19 @@ execute: venv
 	$(BIN)/python scripts/execute_notebooks.py notebooks/*.ipynb solutions/*.ipynb
 	$(BIN)/python scripts/make_exercises.py
 
-# Re-run the comparisons too slow for a lesson (about 30 min on a 2-core CPU); lessons read the results
-# from peft_teach/precomputed/ and re-train one configuration live to check them. Then `make execute`.
+# Re-run the comparisons too slow for a lesson; lessons read the results from peft_teach/precomputed/ and
+# re-train one configuration live to check them. Then `make execute`. The protocol jobs (lesson 06) are
+# long and resumable: each finished run is stored at once, and a second `make precompute` goes on from there.
 precompute: venv
 	$(OFFLINE) $(BIN)/python scripts/precompute.py fusion_comparison lora_sweep prefix_lengths prefix_methods
+	$(OFFLINE) $(BIN)/python scripts/precompute.py protocol_sentiment protocol_sst2
 
-# Our LoRA vs peft (training step) and merged LoRA vs the base model (inference); run on an idle machine.
-benchmark: venv
+# Ours vs the production twins (peft: LoRA, prompt, prefix; AdapterHub: adapter) and merged LoRA vs the
+# base model, each timed interleaved; run on an idle machine. Stores the twin ratios for lesson 06.
+benchmark: venv adapterhub-env
 	$(OFFLINE) $(BIN)/python scripts/benchmark_lora.py --rounds 7
+	$(OFFLINE) $(BIN)/python scripts/benchmark_twins.py --rounds 7 --store
+	$(OFFLINE) $(AH_BIN)/python tests/adapterhub/benchmark_adapter.py --rounds 7 --store
 
 clean:
 	rm -rf $(VENV) $(AH_VENV) artifacts

@@ -21,9 +21,17 @@ import warnings
 import torch
 from torch import nn
 
-from peft_teach.measure import compare_latency, compare_train_step, format_ms
+from peft_teach.measure import (
+    compare_latency,
+    compare_train_step,
+    cross_entropy_loss,
+    format_ms,
+    hidden_state_loss,
+)
 from peft_teach.methods.lora import add_lora, lora_layers, merge_lora
-from peft_teach.models import build_classifier
+from peft_teach.methods.prefix import add_prefix
+from peft_teach.methods.prompts import add_soft_prompt
+from peft_teach.models import build_classifier, load_base_model
 
 TARGETS = ("query", "value")
 
@@ -96,3 +104,61 @@ def benchmark_report(results: dict[str, float]) -> str:
     ]
     lines += [f"{name:<26} {value:>10}  {note}".rstrip() for name, value, note in rows]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- every twin: ours / peft
+
+
+def prompt_twins(length: int = 20) -> dict[str, nn.Module]:
+    """Our soft prompt and peft's prompt tuning on two copies of the base model, same prompt values."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    ours = load_base_model()
+    add_soft_prompt(ours, length=length, init="vocab", seed=0)
+    with warnings.catch_warnings():  # peft notes that a bare backbone has no task head
+        warnings.simplefilter("ignore")
+        theirs = get_peft_model(load_base_model(), PromptTuningConfig(task_type="FEATURE_EXTRACTION",
+                                                                      num_virtual_tokens=length))
+    with torch.no_grad():
+        theirs.prompt_encoder["default"].embedding.weight.copy_(ours.soft_prompt.weight)
+    return {"ours": ours.eval(), "peft": theirs.eval()}
+
+
+def prefix_twins(length: int = 10) -> dict[str, nn.Module]:
+    """Our prefix and peft's prefix tuning on two copies of the base model, same keys and values."""
+    from peft import PrefixTuningConfig, get_peft_model
+
+    ours = load_base_model()
+    add_prefix(ours, length=length, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = get_peft_model(load_base_model(), PrefixTuningConfig(task_type="FEATURE_EXTRACTION",
+                                                                      num_virtual_tokens=length))
+    with torch.no_grad():
+        # peft keeps all prefixes as one table: row j = [layer 0 key j, layer 0 value j, layer 1 key j, ...]
+        table = ours.prefix.prefix.permute(2, 0, 1, 3).reshape(length, -1)
+        theirs.prompt_encoder["default"].embedding.weight.copy_(table)
+    return {"ours": ours.eval(), "peft": theirs.eval()}
+
+
+def benchmark_twins(batch: dict[str, torch.Tensor], rounds: int = 5) -> dict[str, dict[str, float]]:
+    """Training step and inference latency, ours / peft, for LoRA, prompt tuning and prefix tuning.
+
+    Prompt and prefix twins are bare backbones (peft's feature-extraction models), timed with
+    :func:`~peft_teach.measure.hidden_state_loss`; LoRA's are classifiers. Each pair is timed
+    interleaved in one run. peft's prompt model also returns the l prompt positions (ours
+    drops them), a difference of a few positions in the loss, nothing in the transformer.
+    """
+    results = {}
+    lora_models = lora_benchmark_models()
+    pairs = {"lora": ({"ours": lora_models["ours"], "peft": lora_models["peft"]}, cross_entropy_loss),
+             "soft_prompt": (prompt_twins(), hidden_state_loss),
+             "prefix": (prefix_twins(), hidden_state_loss)}
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    for method, (models, loss_fn) in pairs.items():
+        train = compare_train_step(models, batch, rounds=rounds, loss_fn=loss_fn)
+        infer = compare_latency(models, inputs, rounds=rounds, repeats=5)
+        results[method] = {"train_ratio": train["ours"] / train["peft"], "latency_ratio": infer["ours"] / infer["peft"],
+                           "train_step_ours_s": train["ours"], "train_step_peft_s": train["peft"],
+                           "latency_ours_s": infer["ours"], "latency_peft_s": infer["peft"]}
+    return results

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
@@ -338,6 +339,25 @@ def load_glue(name: str, path: str | None = None, seed: int = 0) -> DatasetDict:
         "validation": held_out.select(range(half)),
         "test": held_out.select(range(half, len(held_out))),
     })
+
+
+def load_tsv_task(folder: str | Path, labels: tuple[str, ...] = ("negative", "positive")) -> DatasetDict:
+    """A task stored as ``train.tsv`` / ``validation.tsv`` / ``test.tsv`` (header ``label<TAB>sentence``).
+
+    This is how ``scripts/precompute.py`` reads the SST-2 sample offline; the result has
+    the same columns as :func:`load_glue`, so a learner online gets the same format.
+    """
+    folder = Path(folder)
+    splits = {}
+    for split in ("train", "validation", "test"):
+        file = folder / f"{split}.tsv"
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} is missing: the folder must hold train.tsv, validation.tsv and test.tsv.")
+        rows = [line.split("\t", 1) for line in file.read_text(encoding="utf-8").splitlines()[1:] if line]
+        features = Features({"text": Value("string"), "label": ClassLabel(names=list(labels))})
+        splits[split] = Dataset.from_dict({"text": [text for _, text in rows], "label": [int(y) for y, _ in rows]},
+                                          features=features)
+    return DatasetDict(splits)
 
 
 def _load_saved(path: str) -> DatasetDict:

@@ -99,10 +99,23 @@ def compare_latency(models: dict[str, nn.Module], batch: dict[str, torch.Tensor]
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def train_step_time(model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 5) -> float:
+def cross_entropy_loss(output, labels: torch.Tensor) -> torch.Tensor:
+    """The loss of a classifier's logits (what train() uses)."""
+    return nn.functional.cross_entropy(output, labels)
+
+
+def hidden_state_loss(output, labels: torch.Tensor) -> torch.Tensor:
+    """A stand-in loss for a bare backbone (no head): mean square of the last hidden states."""
+    return output.last_hidden_state.float().pow(2).mean()
+
+
+def train_step_time(model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 5,
+                    loss_fn: Callable = cross_entropy_loss) -> float:
     """Median seconds of forward + backward + optimizer step on ``batch``.
 
     Uses AdamW with learning rate 0, so measuring does not change the weights.
+    ``loss_fn(output, labels)``: cross-entropy for a classifier, :func:`hidden_state_loss`
+    to time a bare backbone.
     """
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
@@ -114,7 +127,7 @@ def train_step_time(model: nn.Module, batch: dict[str, torch.Tensor], repeats: i
     for i in range(repeats + 1):
         _sync(device)
         start = time.perf_counter()
-        loss = nn.functional.cross_entropy(model(**batch), labels)
+        loss = loss_fn(model(**batch), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -126,12 +139,12 @@ def train_step_time(model: nn.Module, batch: dict[str, torch.Tensor], repeats: i
 
 
 def compare_train_step(models: dict[str, nn.Module], batch: dict[str, torch.Tensor],
-                       rounds: int = 5, repeats: int = 3) -> dict[str, float]:
+                       rounds: int = 5, repeats: int = 3, loss_fn: Callable = cross_entropy_loss) -> dict[str, float]:
     """Median training-step time of several models, measured interleaved (see compare_latency)."""
     samples: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():
-            samples[name].append(train_step_time(model, batch, repeats=repeats))
+            samples[name].append(train_step_time(model, batch, repeats=repeats, loss_fn=loss_fn))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -184,3 +197,60 @@ def training_memory_estimate(model: nn.Module) -> dict[str, int]:
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     return {"weights": total, "gradients": trainable, "optimizer_state": 2 * trainable}
+
+
+# --------------------------------------------------------------------------- exact training memory
+
+
+def saved_activation_bytes(model: nn.Module, batch: dict[str, torch.Tensor]) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of one training forward.
+
+    Counted, not sampled: every tensor saved for backward passes through a
+    ``saved_tensors_hooks`` pack hook, and we add up the distinct storages that are
+    not parameters or buffers. The same inputs give the same number on any CPU.
+    Frozen layers below the first trainable parameter save nothing (no gradient has
+    to flow through them), which is where methods differ.
+    """
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    was_training = model.training
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        output = model(**inputs)
+    del output  # free the graph: we only wanted to see what it keeps
+    model.train(was_training)
+    return sum(saved.values())
+
+
+def optimizer_state_bytes(model: nn.Module) -> int:
+    """Bytes of AdamW's state after one step, counted on a real optimizer (two moments per trainable value)."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=0.0)
+    for p in parameters:
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    total = sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values()
+                if torch.is_tensor(t) and t.dim() > 0)  # the scalar step counters are left out
+    for p in parameters:
+        p.grad = None
+    return total
+
+
+def training_memory(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Counted bytes of one training step: weights, gradients, AdamW state, saved activations."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return {
+        "weights": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "gradients": sum(p.numel() * p.element_size() for p in trainable),
+        "optimizer_state": optimizer_state_bytes(model),
+        "activations": saved_activation_bytes(model, batch),
+    }

@@ -1,0 +1,153 @@
+"""One comparison protocol for every method: the rules a fair comparison follows.
+
+Lesson 06 (and the corrected lessons 02-04) compare methods only under these rules:
+
+* **Same everything but the method.** Same task and data, batch size, number of steps,
+  evaluation and seeds for every method (:data:`BUDGET`, :data:`SEEDS`).
+* **Each method gets its own learning rate**, chosen on the *validation* split from a
+  small grid (:attr:`MethodSpec.lr_grid`) with seed 0; the grid's scores are stored and
+  shown. The head, a fresh linear layer in every method, always trains at
+  :data:`HEAD_LR` (head-only training has no other parameters: its grid *is* the head's).
+* **Converged budgets.** Validation accuracy is recorded after every epoch, so the
+  learning curves show whether a method is still climbing when the budget ends.
+* **Reported on test**, at the chosen learning rate, as mean ± sample standard
+  deviation (ddof = 1) over the seeds. Selecting on validation and reporting on test
+  keeps the selection from flattering the number.
+
+Methods are keyed by identifiers (``"lora"``); :attr:`MethodSpec.label` is for display.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from datasets import DatasetDict
+from torch import nn
+
+from peft_teach.methods import adapters, lora, prefix, prefix_plus, prompts
+from peft_teach.methods.inject import train_only
+from peft_teach.models import build_classifier
+from peft_teach.train import evaluate, train
+
+SEEDS = (0, 1, 2)
+BUDGET = dict(epochs=4, batch_size=16)  # 300 steps on 1,200 training examples
+HEAD_LR = 3e-3
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    label: str
+    add: Callable[[nn.Module, int], object]  # (classifier, seed): make exactly the method's parameters trainable
+    lr_grid: tuple[float, ...]
+    train_head_apart: bool = True  # the head at HEAD_LR; False: one learning rate for everything
+
+
+def _full_fine_tuning(model: nn.Module, seed: int) -> None:
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+
+
+METHODS: dict[str, MethodSpec] = {
+    "head_only": MethodSpec("head only", lambda m, s: train_only(m, []), (1e-3, 3e-3, 1e-2), False),
+    "full_ft": MethodSpec("full fine-tuning", _full_fine_tuning, (3e-5, 1e-4, 3e-4)),
+    "pfeiffer": MethodSpec("adapter (Pfeiffer)",
+                           lambda m, s: adapters.add_adapter(m, "task", adapters.AdapterConfig("pfeiffer"), seed=s),
+                           (1e-3, 3e-3, 1e-2)),
+    "houlsby": MethodSpec("adapter (Houlsby)",
+                          lambda m, s: adapters.add_adapter(m, "task", adapters.AdapterConfig("houlsby"), seed=s),
+                          (1e-3, 3e-3, 1e-2)),
+    "soft_prompt": MethodSpec("soft prompt (l=20)",
+                              lambda m, s: prompts.add_soft_prompt(m, length=20, init="vocab", seed=s),
+                              (0.03, 0.1, 0.3)),
+    "prefix": MethodSpec("prefix (l=10)", lambda m, s: prefix.add_prefix(m, length=10, seed=s), (0.01, 0.03, 0.1)),
+    "prefix_mlp": MethodSpec("prefix + MLP (l=10)",
+                             lambda m, s: prefix.add_prefix(m, length=10, reparameterize=True, mlp_hidden=128, seed=s),
+                             (3e-4, 1e-3, 3e-3)),
+    "prefix_plus": MethodSpec("Prefix-Tuning+", lambda m, s: prefix_plus.add_prefix_plus(m, seed=s),
+                              (1e-3, 3e-3, 1e-2)),
+    "lora": MethodSpec("LoRA (r=8, q+v)", lambda m, s: lora.add_lora(m, ("query", "value"), r=8, seed=s),
+                       (1e-3, 3e-3, 1e-2)),
+}
+
+
+def build_method(method: str, num_labels: int, seed: int) -> nn.Module:
+    """A fresh classifier (head drawn from ``seed``) with ``method`` added."""
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; choose one of {list(METHODS)}.")
+    model = build_classifier(num_labels, seed=seed)
+    METHODS[method].add(model, seed)
+    return model
+
+
+def run(method: str, data: DatasetDict, lr: float, seed: int, tokenizer) -> dict:
+    """Train ``method`` once under the protocol; the curve on validation and the final test accuracy."""
+    spec = METHODS[method]
+    model = build_method(method, len(data["train"].features["label"].names), seed)
+    history = train(model, tokenizer, data, lr=lr, seed=seed, head_lr=HEAD_LR if spec.train_head_apart else None,
+                    **BUDGET)
+    return {"lr": lr, "seed": seed, "trainable": history.trainable_parameters,
+            "validation_curve": history.eval_accuracy, "validation": history.final_accuracy,
+            "test": evaluate(model, data["test"], tokenizer)}
+
+
+def choose_lr(grid_runs: list[dict]) -> float:
+    """The learning rate with the best final validation accuracy (the smaller one on a tie)."""
+    return max(sorted(grid_runs, key=lambda r: r["lr"]), key=lambda r: r["validation"])["lr"]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and *sample* standard deviation (ddof = 1)."""
+    return statistics.mean(values), statistics.stdev(values)
+
+
+def save_for_task(method: str, model: nn.Module, folder) -> int:
+    """Write what one more task costs on disk with ``method``; return the bytes written.
+
+    PEFT methods save only their own tensors and the head (their ``save_*`` verb);
+    head-only training saves the head; full fine-tuning must save the whole model.
+    The prefix with an MLP is folded first: the MLP is needed for training only.
+    """
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if method in ("pfeiffer", "houlsby"):
+        adapters.save_adapter(model, "task", folder)
+    elif method == "soft_prompt":
+        prompts.save_soft_prompt(model, folder)
+    elif method in ("prefix", "prefix_mlp"):
+        model.prefix.fold()
+        prefix.save_prefix(model, folder)
+    elif method == "prefix_plus":
+        prefix_plus.save_prefix_plus(model, folder)
+    elif method == "lora":
+        lora.save_lora(model, folder)
+    else:  # head_only keeps the shared backbone; full_ft changed all of it
+        tensors = model.head.state_dict() if method == "head_only" else model.state_dict()
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "weights.safetensors"))
+    return sum(file.stat().st_size for file in folder.iterdir())
+
+
+def summarize(stored: dict) -> dict[str, dict]:
+    """Per method, from a stored protocol run: the grid, the chosen lr, the curves, test mean ± std."""
+    runs = stored["runs"]
+    summary = {}
+    for method, spec in METHODS.items():
+        grid = {lr: runs.get(f"{method}|lr={lr:g}|seed={SEEDS[0]}") for lr in spec.lr_grid}
+        if any(run is None for run in grid.values()):
+            continue  # not precomputed (yet)
+        lr = choose_lr(list(grid.values()))
+        seeds = [runs.get(f"{method}|lr={lr:g}|seed={seed}") for seed in SEEDS]
+        if any(run is None for run in seeds):
+            continue
+        tests = [run["test"] for run in seeds]
+        mean, std = mean_std(tests)
+        summary[method] = {"label": spec.label, "lr": lr, "trainable": seeds[0]["trainable"],
+                           "grid": {g: run["validation"] for g, run in grid.items()},
+                           "curves": [run["validation_curve"] for run in seeds],
+                           "test": tests, "mean": mean, "std": std}
+    return summary

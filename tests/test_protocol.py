@@ -1,0 +1,95 @@
+"""The comparison protocol (lesson 06) and the exact memory counts it reports."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from peft_teach import protocol
+from peft_teach.measure import optimizer_state_bytes, saved_activation_bytes, training_memory
+from peft_teach.methods.inject import trainable_names
+
+from tiny_models import padded_batch, tiny_bert_classifier
+
+
+def test_sample_std_uses_n_minus_one():
+    mean, std = protocol.mean_std([0.8, 0.9, 1.0])
+    assert mean == pytest.approx(0.9)
+    assert std == pytest.approx(0.1)  # population std would be 0.0816
+
+
+def test_learning_rate_is_chosen_on_validation_with_ties_to_the_smaller_rate():
+    runs = [{"lr": 1e-2, "validation": 0.9, "test": 0.5}, {"lr": 1e-3, "validation": 0.9, "test": 0.99},
+            {"lr": 3e-3, "validation": 0.8, "test": 1.0}]
+    assert protocol.choose_lr(runs) == 1e-3  # never the test score's favourite (3e-3)
+
+
+def fake_store(methods=("lora",), missing_seed=False):
+    runs = {}
+    for method in methods:
+        for i, lr in enumerate(protocol.METHODS[method].lr_grid):
+            runs[f"{method}|lr={lr:g}|seed=0"] = {"lr": lr, "validation": 0.5 + 0.1 * i, "test": 0.6,
+                                                  "validation_curve": [0.4, 0.5 + 0.1 * i], "trainable": 10}
+        best = protocol.METHODS[method].lr_grid[-1]
+        for seed in protocol.SEEDS[1:2 if missing_seed else None]:
+            runs[f"{method}|lr={best:g}|seed={seed}"] = {"lr": best, "validation": 0.7, "test": 0.7 + 0.1 * seed,
+                                                         "validation_curve": [0.5, 0.7], "trainable": 10}
+    return {"runs": runs}
+
+
+def test_summary_reports_the_chosen_rate_and_test_mean_std():
+    row = protocol.summarize(fake_store())["lora"]
+    assert row["lr"] == protocol.METHODS["lora"].lr_grid[-1]
+    assert row["test"] == pytest.approx([0.6, 0.8, 0.9])
+    assert row["mean"] == pytest.approx(0.7666, abs=1e-3)
+    assert row["std"] == pytest.approx(0.1528, abs=1e-3)
+
+
+def test_summary_leaves_out_methods_with_missing_runs():
+    assert protocol.summarize(fake_store(missing_seed=True)) == {}
+
+
+@pytest.mark.parametrize("method", list(protocol.METHODS))
+def test_each_method_trains_what_it_should(method):
+    model = tiny_bert_classifier()
+    protocol.METHODS[method].add(model, 0)
+    names = trainable_names(model)
+    assert {"head.weight", "head.bias"} <= set(names)
+    if method == "head_only":
+        assert names == ["head.weight", "head.bias"]
+    elif method == "full_ft":
+        assert len(names) == len(list(model.parameters()))
+    else:
+        assert len(names) > 2 and len(names) < len(list(model.parameters()))
+
+
+def test_disk_per_task_full_model_is_largest(tmp_path):
+    sizes = {}
+    for method in ("head_only", "lora", "full_ft"):
+        model = tiny_bert_classifier()
+        protocol.METHODS[method].add(model, 0)
+        sizes[method] = protocol.save_for_task(method, model, tmp_path / method)
+    assert sizes["head_only"] < sizes["lora"] < sizes["full_ft"]
+
+
+def test_memory_counts_are_exact_and_repeatable():
+    model = tiny_bert_classifier()
+    protocol.METHODS["lora"].add(model, 0)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert optimizer_state_bytes(model) == 2 * 4 * trainable  # AdamW: two float32 moments per value
+    assert saved_activation_bytes(model, padded_batch()) == saved_activation_bytes(model, padded_batch())
+    memory = training_memory(model, padded_batch())
+    assert memory["gradients"] == 4 * trainable
+
+
+def test_activations_depend_on_where_the_trainable_parameters_sit():
+    head_only, full = tiny_bert_classifier(), tiny_bert_classifier()
+    protocol.METHODS["head_only"].add(head_only, 0)
+    protocol.METHODS["full_ft"].add(full, 0)
+    kept_head, kept_full = saved_activation_bytes(head_only, padded_batch()), saved_activation_bytes(full, padded_batch())
+    assert kept_head < kept_full / 20  # the frozen network below the head keeps (almost) nothing
+
+
+def test_unknown_method_lists_the_known_ones():
+    with pytest.raises(ValueError, match="'lora'"):
+        protocol.build_method("LoRA (r=8, q+v)", 2, 0)
