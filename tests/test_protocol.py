@@ -93,3 +93,22 @@ def test_activations_depend_on_where_the_trainable_parameters_sit():
 def test_unknown_method_lists_the_known_ones():
     with pytest.raises(ValueError, match="'lora'"):
         protocol.build_method("LoRA (r=8, q+v)", 2, 0)
+
+
+@pytest.mark.parametrize("name", ["protocol_sentiment", "protocol_sst2"])
+def test_stored_protocol_runs_follow_the_current_recipe(name):
+    """Stored runs are only worth showing if made by today's protocol (the job resumes from them)."""
+    from peft_teach import precomputed
+
+    try:
+        stored = precomputed.load(name)
+    except FileNotFoundError:
+        pytest.skip(f"{name} not precomputed yet: python scripts/precompute.py {name}")
+    recipe = stored["recipe"]
+    assert {k: recipe[k] for k in protocol.BUDGET} == protocol.BUDGET
+    assert recipe["head_lr"] == protocol.HEAD_LR and recipe["seeds"] == list(protocol.SEEDS)
+    assert recipe["lr_grid"] == {m: list(spec.lr_grid) for m, spec in protocol.METHODS.items()}
+    for key, run in stored["runs"].items():
+        method, lr, seed = key.split("|")
+        assert method in protocol.METHODS and float(lr.removeprefix("lr=")) == run["lr"]
+        assert 0.0 <= run["test"] <= 1.0 and len(run["validation_curve"]) == protocol.BUDGET["epochs"]

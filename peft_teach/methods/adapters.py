@@ -126,15 +126,16 @@ class AdapterPoint(nn.Module):
         self.fusions = nn.ModuleDict()  # filled by peft_teach.methods.fusion
         self.active_fusion: str | None = None
 
-    def change(self, a: torch.Tensor) -> torch.Tensor | float:
+    def is_active(self) -> bool:
+        return self.active is not None or self.active_fusion is not None
+
+    def change(self, a: torch.Tensor) -> torch.Tensor:
         """What the active adapter (or fusion) adds, given what the adapters read."""
         if self.active_fusion is not None:
             fusion = self.fusions[self.active_fusion]
             deltas = torch.stack([self.adapters[n].delta(a) for n in fusion.adapter_names], dim=-2)
             return fusion(a, deltas)  # attention-weighted mix of the adapters' changes
-        if self.active is not None:
-            return self.adapters[self.active].delta(a)
-        return 0.0
+        return self.adapters[self.active].delta(a)
 
     def is_empty(self) -> bool:
         return len(self.adapters) == 0 and len(self.fusions) == 0
@@ -161,8 +162,10 @@ class PostLNAdapterPoint(AdapterPoint):
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         h = self.dropout(self.dense(hidden_states))
-        a = self.LayerNorm(h + input_tensor) if self.reads_after_residual else h
-        return self.LayerNorm(h + self.change(a) + input_tensor)  # the layer's own Add & Norm
+        if self.is_active():  # inactive: exactly the original module, at its cost
+            a = self.LayerNorm(h + input_tensor) if self.reads_after_residual else h
+            h = h + self.change(a)
+        return self.LayerNorm(h + input_tensor)  # the layer's own Add & Norm
 
     def original(self) -> nn.Module:
         """The ``*Output`` module this point replaced (it shares dense, dropout and LayerNorm)."""
@@ -178,6 +181,8 @@ class WrappedAdapterPoint(AdapterPoint):
 
     def forward(self, *args, **kwargs):
         output = self.wrapped(*args, **kwargs)
+        if not self.is_active():
+            return output
         if isinstance(output, tuple):  # attention returns (output, weights)
             return (output[0] + self.change(output[0]), *output[1:])
         return output + self.change(output)

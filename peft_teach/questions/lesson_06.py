@@ -1,0 +1,102 @@
+"""Graded questions of the design-space practice notebook (solutions/06_design_space.ipynb).
+
+Each ``Question`` grades one task; failure messages help without giving the answer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from peft_teach.checks import Question, grade_choice, grade_function, grade_number
+
+# ----------------------------------------------------------------- Q1: mean and sample std
+
+
+def _accuracy_inputs() -> tuple:
+    generator = torch.Generator().manual_seed(6)
+    return (0.8 + 0.1 * torch.rand(4, 3, generator=generator, dtype=torch.float64),)  # 4 methods x 3 seeds
+
+
+def _mean_and_sample_std(accuracies: torch.Tensor) -> torch.Tensor:
+    n = accuracies.shape[1]
+    mean = accuracies.mean(dim=1)
+    variance = ((accuracies - mean[:, None]) ** 2).sum(dim=1) / (n - 1)
+    return torch.stack([mean, variance.sqrt()], dim=1)
+
+
+q1 = Question(
+    title="Q1 mean ± sample standard deviation over seeds",
+    grader=grade_function(_accuracy_inputs, _mean_and_sample_std, atol=1e-9),
+    hint="With only a few seeds, the spread measured around the *estimated* mean is too small; "
+         "the sample standard deviation corrects for that in its denominator.",
+)
+
+# ----------------------------------------------------------------- Q2: optimizer state in bytes
+
+# LoRA r = 8 on query and value of MiniLM (6 layers, d = 384) plus a 2-label head, float32, AdamW.
+_LORA = 6 * 2 * 8 * (384 + 384)
+_HEAD = 384 * 2 + 2
+q2 = Question(
+    title="Q2 AdamW's state for LoRA r = 8 (q, v) + head on MiniLM, in bytes",
+    grader=grade_number(2 * 4 * (_LORA + _HEAD), what="number of bytes"),
+    hint="Count the trainable values first (each adapted matrix adds A and B; do not forget the head). "
+         "AdamW keeps a few float32 tensors per trainable value.",
+)
+
+# ----------------------------------------------------------------- Q3: barycentric coordinates
+
+CORNERS = torch.tensor([[0.5, math.sqrt(3) / 2], [0.0, 0.0], [1.0, 0.0]], dtype=torch.float64)  # C, M, S
+
+
+def _score_inputs() -> tuple:
+    generator = torch.Generator().manual_seed(7)
+    return (torch.rand(5, 3, generator=generator, dtype=torch.float64) + 0.05,)
+
+
+def _to_triangle(scores: torch.Tensor) -> torch.Tensor:
+    return scores / scores.sum(dim=1, keepdim=True) @ CORNERS
+
+
+q3 = Question(
+    title="Q3 place (capacity, memory, speed) scores in the triangle",
+    grader=grade_function(_score_inputs, _to_triangle, atol=1e-9),
+    hint="Normalise each row so its three scores sum to 1, then use them as weights of the three corners.",
+)
+
+# ----------------------------------------------------------------- Q4: counting saved activations
+
+
+def _activation_inputs() -> tuple:
+    from peft_teach.methods import lora
+    from peft_teach.models import build_classifier, load_tokenizer
+
+    model = build_classifier(2, seed=0)
+    lora.add_lora(model, ("query", "value"), r=8)
+    batch = load_tokenizer()(["A quiet hotel with a superb breakfast.", "The waiter was rude."],
+                             padding=True, return_tensors="pt")
+    return model, {k: batch[k] for k in ("input_ids", "attention_mask")}
+
+
+def _saved_bytes(model, batch) -> torch.Tensor:
+    from peft_teach.measure import saved_activation_bytes
+
+    return torch.tensor(float(saved_activation_bytes(model, batch)))
+
+
+q4 = Question(
+    title="Q4 count the bytes autograd keeps for backward (MiniLM + LoRA)",
+    grader=grade_function(_activation_inputs, _saved_bytes, atol=0.5),
+    hint="Wrap one training-mode forward in torch.autograd.graph.saved_tensors_hooks. Count each storage "
+         "once, and leave out the model's own parameters and buffers: they exist anyway.",
+)
+
+# ----------------------------------------------------------------- Q5: which method keeps no activations
+
+q5 = Question(
+    title="Q5 which method keeps almost no activations for backward?",
+    grader=grade_choice("head only", ("head only", "LoRA", "soft prompt", "prefix", "adapter")),
+    hint="A layer needs its activations kept only if a gradient must flow through it. Where is the lowest "
+         "trainable parameter of each method?",
+)

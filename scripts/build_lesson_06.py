@@ -1,0 +1,455 @@
+"""Write notebooks/06_design_space.ipynb (unexecuted) from the cells below.
+
+Kept as a script while the lesson is young: one place to edit the source, then
+``python scripts/execute_notebooks.py notebooks/06_design_space.ipynb`` stores it executed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO_URL = "https://github.com/peft-from-scratch/peft-from-scratch"
+
+CELLS: list[tuple[str, str]] = [
+("md", f"""# Lesson 06 — The PEFT design space: capacity, memory, speed
+
+[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/peft-from-scratch/peft-from-scratch/blob/main/notebooks/06_design_space.ipynb)
+
+**You will learn to**
+- compare PEFT methods the way a researcher would sign: same data, budget, evaluation and seeds, a learning
+  rate chosen per method on validation, test accuracy as mean ± sample standard deviation;
+- read accuracy against the number of trainable parameters, on generated reviews and on real sentences (SST-2);
+- count, not estimate, what training needs in memory: weights, gradients, optimizer state and the activations
+  autograd keeps for the backward pass; and what one more task costs on disk;
+- time methods against each other fairly (interleaved, as ratios to the base model);
+- place every method in the capacity–memory–speed triangle from these measurements, and pick a method for a constraint.
+
+**Prerequisites:** lessons 00–05 (every method here was built there).
+
+**Runtime (measured):** see the README syllabus. The protocol's 2 × 45 training runs are precomputed
+(`make precompute`); this lesson re-trains one of them live and measures memory and speed on your machine.
+
+> On Colab: run `!pip install -q "peft-teach @ git+{REPO_URL}"` in a first cell."""),
+("code", """import tempfile
+import warnings
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from peft_teach import precomputed, protocol
+from peft_teach.checks import expect_close
+from peft_teach.data import load_task
+from peft_teach.measure import compare_latency, compare_train_step, format_mb, training_memory
+from peft_teach.methods import adapters, fusion, lora
+from peft_teach.models import build_classifier, load_tokenizer
+from peft_teach.train import enable_determinism, make_loader, set_seed
+
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()
+set_seed(0)
+enable_determinism()
+tokenizer = load_tokenizer()
+data = load_task("sentiment")
+stored = {"sentiment": precomputed.load("protocol_sentiment"), "sst2": precomputed.load("protocol_sst2")}
+results = {task: protocol.summarize(runs) for task, runs in stored.items()}
+print({task: len(summary) for task, summary in results.items()}, "methods with all runs stored")"""),
+("md", """## 1. One protocol for every method
+
+A comparison is only as fair as its setup. Give one method a tuned learning rate and another a default, or
+twice the steps, and the table reports the setup, not the method. So every number in this lesson follows the
+same rules, written once in `peft_teach.protocol`:
+
+| rule | here |
+|---|---|
+| same data, batch, budget, evaluation and seeds | 1,200 training examples, batch 16, 4 epochs (300 steps), seeds 0, 1, 2 |
+| each method's own learning rate | a grid of 3, chosen on the **validation** split with seed 0 |
+| the new classifier head | always at learning rate 3e-3 (head-only: its grid *is* the head's) |
+| converged? | validation accuracy after every epoch: the learning curves below |
+| reported | **test** accuracy at the chosen rate, mean ± *sample* std (ddof = 1) over the 3 seeds |
+
+Choosing on validation and reporting on test matters: the best of three learning rates *on the test set*
+would flatter every method a little, and the noisiest methods the most."""),
+("code", """print(f"budget {protocol.BUDGET}, seeds {protocol.SEEDS}, head learning rate {protocol.HEAD_LR}")
+for method, spec in protocol.METHODS.items():
+    print(f"{method:<12} {spec.label:<22} learning-rate grid {spec.lr_grid}")"""),
+("md", """### The learning-rate grid, on validation
+
+Each cell is the final validation accuracy of seed 0; the chosen rate is marked `*`. A method whose best rate
+sits at the edge of its grid might do better outside it: the grid is small because each cell is a full training run."""),
+("code", """def grid_table(summary: dict) -> None:
+    for method, row in summary.items():
+        cells = [f"{lr:g}: {acc:.3f}{'*' if lr == row['lr'] else ' '}" for lr, acc in row["grid"].items()]
+        print(f"{row['label']:<22} " + "   ".join(cells))
+
+
+for task, summary in results.items():
+    print(f"--- {stored[task]['recipe']['task']}")
+    grid_table(summary)"""),
+("md", """### Did every method converge?
+
+Validation accuracy after each epoch, at the chosen learning rate (the three seeds). A curve still climbing at
+epoch 4 means the budget, not the method, limits that number."""),
+("code", """fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+for ax, (task, summary) in zip(axes, results.items()):
+    for index, (method, row) in enumerate(summary.items()):
+        curves = np.array(row["curves"])
+        epochs = np.arange(1, curves.shape[1] + 1)
+        ax.plot(epochs, curves.mean(0), marker="o", color=f"C{index}", label=row["label"])
+        ax.fill_between(epochs, curves.min(0), curves.max(0), color=f"C{index}", alpha=0.15)
+    ax.set_title(task)
+    ax.set_xlabel("epoch")
+    ax.set_xticks(epochs)
+axes[0].set_ylabel("validation accuracy")
+axes[1].legend(fontsize=7, loc="lower right")
+fig.suptitle("Learning curves at each method's chosen learning rate (mean, min-max over 3 seeds)")
+plt.tight_layout()
+plt.show()
+
+for task, summary in results.items():
+    still_climbing = [row["label"] for row in summary.values()
+                      if np.mean([c[-1] - c[-2] for c in row["curves"]]) > 0.01]
+    print(f"{task}: still gaining > 1 point in the last epoch (mean of seeds): {still_climbing or 'none'}")"""),
+("md", """## 2. Capacity: test accuracy under the protocol
+
+The table puts the two tasks side by side: `sentiment` (generated reviews, negation and contrast decide the
+label) and 1,200 real SST-2 movie-review sentences (the same budget). The real data is precomputed only: you
+would get it online with `load_glue("sst2")`."""),
+("code", """def rank_of(summary: dict) -> dict[str, int]:
+    order = sorted(summary, key=lambda m: -summary[m]["mean"])
+    return {method: order.index(method) + 1 for method in summary}
+
+
+ranks = {task: rank_of(summary) for task, summary in results.items()}
+print(f"{'method':<22} {'trainable':>10} | {'sentiment (test)':>18} rank | {'SST-2 (test)':>16} rank")
+for method, row in results["sentiment"].items():
+    real = results["sst2"].get(method)
+    real_text = f"{real['mean']:.3f} ± {real['std']:.3f}  {ranks['sst2'][method]:>3}" if real else "not stored"
+    print(f"{row['label']:<22} {row['trainable']:>10,} | {row['mean']:.3f} ± {row['std']:.3f}    {ranks['sentiment'][method]:>3} "
+          f"| {real_text}")"""),
+("code", """fig, ax = plt.subplots(figsize=(7, 4))
+for marker, (task, summary) in zip(("o", "s"), results.items()):
+    for index, (method, row) in enumerate(summary.items()):
+        ax.errorbar(row["trainable"], row["mean"], yerr=row["std"], fmt=marker, color=f"C{index}", capsize=3,
+                    label=row["label"] if task == "sentiment" else None)
+ax.set_xscale("log")
+ax.set_xlabel("trainable parameters (log scale; head included)")
+ax.set_ylabel("test accuracy (mean ± sample std, 3 seeds)")
+ax.set_title("Capacity: circles = generated sentiment, squares = SST-2 sample")
+ax.legend(fontsize=7, loc="lower right")
+plt.show()"""),
+("md", """### One stored number, re-trained live
+
+The table above is precomputed. Here one of its configurations, LoRA at its chosen learning rate with seed 0 on
+`sentiment`, is trained again with the same function (`protocol.run`). Same code and seed, yet not always the
+same floating-point sums (thread count, CPU, GPU): over 300 steps such differences grow like a change of seed,
+so the tolerance follows the spread between seeds."""),
+("code", """chosen = results["sentiment"]["lora"]
+live = protocol.run("lora", data, chosen["lr"], seed=0, tokenizer=tokenizer)
+reference = stored["sentiment"]["runs"][f"lora|lr={chosen['lr']:g}|seed=0"]["test"]
+expect_close("live LoRA (seed 0) test accuracy", live["test"], reference, 0.03)"""),
+("md", """## 3. Memory: count the bytes
+
+Training memory has four parts. Three follow from the parameter counts: the **weights** (all of them, frozen
+or not), a **gradient** for every trainable value, and AdamW's two **moments** per trainable value. The fourth
+depends on where the trainable parameters sit: the **activations** autograd keeps for the backward pass.
+A frozen layer *below* every trainable parameter needs no gradient, so nothing of it is kept.
+`peft_teach.measure.saved_activation_bytes` counts them exactly: every tensor saved for backward passes
+through a `torch.autograd.graph.saved_tensors_hooks` pack hook, and we add up the distinct storages. The same
+batch gives the same bytes on any CPU: no sampling of the process' memory.
+
+We also count what **one more task** costs on disk: what each method's `save_*` writes (a full copy of the
+model for full fine-tuning)."""),
+("code", """batch = next(iter(make_loader(data["train"], tokenizer, batch_size=16)))
+memory, storage = {}, {}
+for method in protocol.METHODS:
+    model = protocol.build_method(method, num_labels=2, seed=0)
+    memory[method] = training_memory(model, batch)
+    with tempfile.TemporaryDirectory() as folder:
+        storage[method] = protocol.save_for_task(method, model, folder)
+    del model
+
+print(f"{'method':<22} {'weights':>9} {'gradients':>10} {'AdamW':>9} {'activations':>12} {'disk/task':>10}")
+for method, parts in memory.items():
+    mb = {k: v / 2**20 for k, v in parts.items()}
+    print(f"{protocol.METHODS[method].label:<22} {mb['weights']:>9.1f} {mb['gradients']:>10.2f} {mb['optimizer_state']:>9.2f} "
+          f"{mb['activations']:>12.1f} {storage[method] / 2**20:>10.2f}")
+print("(MiB; one batch of 16 training reviews)")
+if torch.cuda.is_available():
+    print("on this GPU, torch.cuda.max_memory_allocated is the allocator's peak: it adds temporary buffers.")"""),
+("code", """labels = [protocol.METHODS[m].label for m in memory]
+bottom = np.zeros(len(memory))
+fig, ax = plt.subplots(figsize=(9, 3.8))
+for part, color in (("gradients", "C1"), ("optimizer_state", "C2"), ("activations", "C3")):
+    values = np.array([memory[m][part] / 2**20 for m in memory])
+    ax.bar(labels, values, bottom=bottom, color=color, label=part.replace("_", " "))
+    bottom += values
+ax.set_ylabel("MiB beyond the shared weights")
+ax.set_title("What training adds to the weights (batch of 16, counted exactly)")
+ax.legend()
+plt.xticks(rotation=30, ha="right")
+plt.tight_layout()
+plt.show()"""),
+("md", """Two things to read off the bars. Full fine-tuning pays for gradients and AdamW state on 22.7M values; every
+PEFT method's share of those is tiny. But the activations do not shrink in the same way: LoRA, adapters,
+prefixes and prompts all need gradients that flow back through every layer, so they keep nearly as many
+activations as full fine-tuning. Only head-only training, whose trainable parameters sit *above* the whole
+frozen network, keeps almost nothing."""),
+("md", """## 4. Speed: ratios, measured interleaved
+
+A timing on a shared or laptop machine drifts: other programs, clock changes. So we never compare two numbers
+measured minutes apart. `compare_latency` and `compare_train_step` run the models in turns (A, B, C, A, B, C, ...)
+and report each as a ratio to the base model measured in the same run. The ratios still depend on the machine
+(your CPU, threads, GPU), which is why this cell's output is not checked by the tests."""),
+("code", """# NBVAL_IGNORE_OUTPUT
+short = {k: v[:1] for k, v in batch.items()}       # batch 1
+wide = next(iter(make_loader(data["validation"], tokenizer, batch_size=32)))
+models = {method: protocol.build_method(method, 2, seed=0).eval() for method in protocol.METHODS}
+models["lora (merged)"] = lora.merge_lora(protocol.build_method("lora", 2, seed=0)).eval()
+base = models["head_only"]  # the base model's forward pass: a head adds nothing measurable
+speed = {}
+for name, inputs in (("batch 1", short), ("batch 32", wide)):
+    times = compare_latency(models, {k: v for k, v in inputs.items() if k != "labels"}, rounds=3, repeats=3)
+    speed[name] = {m: t / times["head_only"] for m, t in times.items()}
+train_models = {m: models[m] for m in protocol.METHODS}
+step = compare_train_step(train_models, batch, rounds=2, repeats=2)
+speed["train step"] = {m: t / step["full_ft"] for m, t in step.items()}
+print(f"{'method':<24} {'infer b=1':>10} {'infer b=32':>11} {'train step':>11}   (ratios: inference / base, step / full FT)")
+for method in models:
+    print(f"{method:<24} {speed['batch 1'][method]:>10.2f} {speed['batch 32'][method]:>11.2f} "
+          f"{speed['train step'].get(method, float('nan')):>11.2f}")"""),
+("code", """fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+names = list(models)
+axes[0].bar(np.arange(len(names)) - 0.2, [speed["batch 1"][m] for m in names], 0.4, label="batch 1")
+axes[0].bar(np.arange(len(names)) + 0.2, [speed["batch 32"][m] for m in names], 0.4, label="batch 32")
+axes[0].axhline(1.0, color="grey", lw=0.8)
+axes[0].set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+axes[0].set_title("inference latency / base model")
+axes[0].legend(fontsize=8)
+train_names = list(speed["train step"])
+axes[1].bar(train_names, [speed["train step"][m] for m in train_names], color="C2")
+axes[1].axhline(1.0, color="grey", lw=0.8)
+axes[1].set_xticks(range(len(train_names)), train_names, rotation=35, ha="right", fontsize=8)
+axes[1].set_title("training step / full fine-tuning step")
+plt.tight_layout()
+plt.show()"""),
+("md", """**Fusion grows with the number of adapters.** AdapterFusion runs *all* its adapters in every layer, then
+attends over their outputs. Its cost should grow linearly with N. Adapter weights do not change the arithmetic,
+so random ones are enough to time it."""),
+("code", """# NBVAL_IGNORE_OUTPUT
+fused = build_classifier(2, seed=0).eval()
+names = ["a", "b", "c", "d"]
+for seed, name in enumerate(names):
+    adapters.add_adapter(fused, name, seed=seed)
+setups = {"base": lambda: adapters.set_active(fused, None), "1 adapter": lambda: adapters.set_active(fused, "a")}
+for n in range(1, len(names) + 1):
+    fusion.add_fusion(fused, names[:n])
+    setups[f"fusion N={n}"] = lambda n=n: fusion.set_active_fusion(fused, fusion.fusion_name(names[:n]))
+inputs = {k: v for k, v in wide.items() if k != "labels"}
+latency = {}
+for _ in range(3):  # interleaved rounds: switch, time, switch, time, ...
+    for name, switch in setups.items():
+        switch()
+        latency.setdefault(name, []).append(compare_latency({name: fused}, inputs, rounds=1, repeats=3)[name])
+fusion_ratio = {name: float(np.median(t)) / float(np.median(latency["base"])) for name, t in latency.items()}
+print("inference latency / base, batch 32:", {k: round(v, 2) for k, v in fusion_ratio.items()})
+slope = np.polyfit(range(1, 5), [fusion_ratio[f"fusion N={n}"] for n in range(1, 5)], 1)[0]
+print(f"each extra fused adapter adds about {slope:.2f} x the base model's forward pass")"""),
+("md", """### Against the production twins
+
+Are our implementations as fast as the libraries people use? `make benchmark` times each of ours against its
+twin on the same weights, interleaved in one run: LoRA, prompt tuning and prefix tuning against `peft`, the
+bottleneck adapter against AdapterHub (in its own environment). The target is a ratio ≤ 1.05. The stored run
+is shown here (its machine is printed with it)."""),
+("code", """try:
+    twins = precomputed.load("twin_benchmark")
+except FileNotFoundError:
+    twins = {}
+for library, run in twins.items():
+    print(f"ours / {library} ({run['machine']['threads']} threads, torch {run['machine']['torch']}):")
+    for method, row in run["results"].items():
+        print(f"  {method:<12} train step {row['train_ratio']:.2f}   inference {row['latency_ratio']:.2f}")
+if not twins:
+    print("no stored benchmark yet: run `make benchmark` on an idle machine")"""),
+("md", """## 5. The triangle: capacity, memory, speed
+
+Each method gets three scores between 0 and 1, from this lesson's measurements:
+
+- **Capacity** $C$: where its test accuracy sits between head-only (0) and full fine-tuning (1), averaged over
+  the two tasks (clipped to [0, 1]);
+- **Memory** $M$: how little training memory beyond the weights it needs (gradients + AdamW state +
+  activations), on a log scale between the most (0) and the least (1) of all methods;
+- **Speed** $S$: the mean of base latency / its latency (batch 32) and the fastest training step / its step.
+
+The point is the normalised triple $(C, M, S) / (C + M + S)$: barycentric coordinates in the triangle whose
+corners are Capacity, Memory and Speed. A method near a corner is strong on that axis *relative to its other
+two*; a method in the middle is balanced. Note what this hides: the sum. Head-only is weak on capacity but its
+memory score pulls it to the Memory corner; read the table with the picture."""),
+("code", """# NBVAL_IGNORE_OUTPUT
+methods = list(protocol.METHODS)
+head, full = "head_only", "full_ft"
+capacity = {m: float(np.mean([np.clip((results[t][m]["mean"] - results[t][head]["mean"]) /
+                                      (results[t][full]["mean"] - results[t][head]["mean"]), 0, 1)
+                              for t in results if m in results[t]])) for m in methods}
+extra = {m: memory[m]["gradients"] + memory[m]["optimizer_state"] + memory[m]["activations"] for m in methods}
+low, high = np.log(min(extra.values())), np.log(max(extra.values()))
+memory_score = {m: (high - np.log(extra[m])) / (high - low) for m in methods}
+fastest_step = min(speed["train step"].values())
+speed_score = {m: 0.5 * (1 / speed["batch 32"][m] + fastest_step / speed["train step"][m]) for m in methods}
+
+corners = np.array([[0.5, np.sqrt(3) / 2], [0.0, 0.0], [1.0, 0.0]])  # Capacity (top), Memory, Speed
+fig, ax = plt.subplots(figsize=(6, 5.4))
+ax.fill(*corners.T, color="whitesmoke", edgecolor="black")
+for (x, y), name in zip(corners, ("Capacity", "Memory", "Speed")):
+    ax.annotate(name, (x, y), textcoords="offset points", xytext=(0, 8 if name == "Capacity" else -14),
+                ha="center", fontweight="bold")
+print(f"{'method':<22} {'C':>5} {'M':>5} {'S':>5}")
+for index, m in enumerate(methods):
+    triple = np.array([capacity[m], memory_score[m], speed_score[m]])
+    point = triple / triple.sum() @ corners
+    ax.scatter(*point, color=f"C{index}", s=60, zorder=3)
+    ax.annotate(protocol.METHODS[m].label, point, textcoords="offset points", xytext=(5, 3), fontsize=7)
+    print(f"{protocol.METHODS[m].label:<22} {capacity[m]:>5.2f} {memory_score[m]:>5.2f} {speed_score[m]:>5.2f}")
+ax.set_axis_off()
+ax.set_title("Each method placed by its measured capacity, memory and speed")
+plt.show()"""),
+("md", """**The placements a design card would make, against ours.** A common picture puts adapters near Capacity,
+LoRA on the Capacity–Memory edge, and prompts near Speed. The cell below names, for each of those, the corner
+our measured point is closest to, so you can see where the picture holds on this model and where it does not."""),
+("code", """# NBVAL_IGNORE_OUTPUT
+def nearest_corner(m: str) -> str:
+    triple = np.array([capacity[m], memory_score[m], speed_score[m]])
+    return ("Capacity", "Memory", "Speed")[int(np.argmax(triple / triple.sum()))]
+
+
+for method, claim in (("pfeiffer", "near Capacity"), ("houlsby", "near Capacity"), ("lora", "Capacity-Memory edge"),
+                      ("soft_prompt", "near Speed")):
+    print(f"{protocol.METHODS[method].label:<22} claimed {claim:<22} measured: strongest on {nearest_corner(method)}")"""),
+("md", """## 6. One view of all of them: a change Δh of the hidden state
+
+He et al. (ICLR 2022, *Towards a Unified View of Parameter-Efficient Transfer Learning*, Sec. 3) write every
+method as a modification Δh added to some hidden state h of the frozen network. What differs is *where* h is,
+*what* Δh reads, and how it is scaled:
+
+| method | Δh | reads | where | scale |
+|---|---|---|---|---|
+| adapter (Houlsby / Pfeiffer) | $W_{up}\\,f(W_{down} h)$ | the sub-layer output | after attention and/or FFN (sequential) | 1 |
+| prefix tuning | $\\mathrm{softmax}(q P_k^\\top) P_v - \\mathrm{Attn}(q, K, V)$ | the query | inside attention (parallel) | the gate λ(x): attention mass on the prefix |
+| Prefix-Tuning+ | $\\phi(q)^\\top M$ | the query | attention output (parallel) | 1, outside the softmax |
+| LoRA | $\\tfrac{\\alpha}{r} B A x$ | the projection's input | beside $W_q$, $W_v$ (parallel) | α / r |
+| soft prompt | (no explicit Δh: extra inputs) | — | the input sequence | through attention |
+
+The figure draws the same picture: one frozen block, and where each method adds its change."""),
+("code", """fig, ax = plt.subplots(figsize=(9, 4.2))
+ax.set_xlim(0, 10)
+ax.set_ylim(0, 6)
+ax.set_axis_off()
+boxes = {"input x": (0.3, 2.6), "attention": (2.4, 2.6), "Add & Norm": (4.5, 2.6), "FFN": (6.4, 2.6),
+         "Add & Norm ": (8.3, 2.6)}
+for name, (x, y) in boxes.items():
+    ax.add_patch(plt.Rectangle((x, y), 1.4, 0.8, facecolor="lightsteelblue", edgecolor="black"))
+    ax.text(x + 0.7, y + 0.4, name.strip(), ha="center", va="center", fontsize=9)
+for x0, x1 in ((1.7, 2.4), (3.8, 4.5), (5.9, 6.4), (7.8, 8.3)):
+    ax.annotate("", (x1, 3.0), (x0, 3.0), arrowprops=dict(arrowstyle="->"))
+changes = [(1.0, 4.4, "soft prompt:\\n[P; x]", "C4"), (3.1, 4.6, "prefix: + λ(x)·Δh\\nPT+: + φ(q)ᵀM\\nLoRA: + (α/r)BAx", "C0"),
+           (5.2, 1.0, "Houlsby adapter\\n(after attention)", "C1"), (7.1, 4.4, "LoRA / adapter\\non the FFN", "C2"),
+           (9.0, 1.0, "Pfeiffer adapter\\n(after the FFN)", "C3")]
+for x, y, text, color in changes:
+    ax.annotate(text, (x, 3.4 if y > 3 else 2.6), (x, y), ha="center", fontsize=8, color=color,
+                arrowprops=dict(arrowstyle="->", color=color))
+ax.set_title("Every method adds a change Δh somewhere in a frozen block (He et al., 2022)")
+plt.show()"""),
+("md", """## 7. Which method for which constraint
+
+The decision guide below is computed from this lesson's numbers, not typed: for each constraint, the method
+that wins on the measurement that constraint cares about."""),
+("code", """# NBVAL_IGNORE_OUTPUT
+peft_methods = [m for m in methods if m not in ("head_only", "full_ft")]
+guide = {
+    "best accuracy (generated task)": max(methods, key=lambda m: results["sentiment"][m]["mean"]),
+    "best accuracy, PEFT only": max(peft_methods, key=lambda m: results["sentiment"][m]["mean"]),
+    "least training memory, PEFT only": min(peft_methods, key=lambda m: extra[m]),
+    "fastest inference, PEFT only (batch 32)": min(peft_methods + ["lora (merged)"], key=lambda m: speed["batch 32"][m]),
+    "many tasks: smallest file per task, PEFT only": min(peft_methods, key=lambda m: storage[m]),
+}
+for constraint, winner in guide.items():
+    print(f"{constraint:<46} -> {protocol.METHODS.get(winner, protocol.METHODS['lora']).label if winner != 'lora (merged)' else 'LoRA, merged'}")"""),
+("md", """### Common claims, against our measurements
+
+Each row: a claim you will meet, and what this lesson measured on MiniLM (22.7M parameters). The cell prints
+the measured side, so the verdict is yours to read; on a larger model the answers can differ."""),
+("code", """# NBVAL_IGNORE_OUTPUT
+s = results["sentiment"]
+rows = [
+    ("LoRA matches full fine-tuning", f"LoRA {s['lora']['mean']:.3f} vs full FT {s['full_ft']['mean']:.3f}"),
+    ("adapters match full fine-tuning (Houlsby et al.: 80.0 vs 80.4 GLUE, Table 1)",
+     f"Pfeiffer {s['pfeiffer']['mean']:.3f}, Houlsby {s['houlsby']['mean']:.3f} vs {s['full_ft']['mean']:.3f}"),
+    ("prompt tuning needs a large model (Lester et al., Fig. 1)",
+     f"soft prompt {s['soft_prompt']['mean']:.3f} vs full FT {s['full_ft']['mean']:.3f} at 22.7M parameters"),
+    ("merged LoRA adds no inference latency", f"merged / base {speed['batch 32']['lora (merged)']:.2f} (batch 32)"),
+    ("adapters add a few % of latency (AdapterDrop: 4-6%)", f"Pfeiffer / base {speed['batch 32']['pfeiffer']:.2f}"),
+    ("PEFT saves training memory", f"LoRA needs {extra['lora'] / extra['full_ft']:.0%} of full FT's extra bytes "
+                                   f"(activations {memory['lora']['activations'] / memory['full_ft']['activations']:.0%})"),
+    ("prompts are the fastest to train", f"soft prompt step / full FT {speed['train step']['soft_prompt']:.2f}, "
+                                         f"LoRA {speed['train step']['lora']:.2f}"),
+]
+for claim, measured in rows:
+    print(f"- {claim}\\n    measured: {measured}")"""),
+("md", """### Real sentences beside generated ones
+
+Does the generated task's verdict hold on real data? The ranks of section 2 answer it method by method:"""),
+("code", """for method in results["sentiment"]:
+    if method in results["sst2"]:
+        a, b = ranks["sentiment"][method], ranks["sst2"][method]
+        note = "same rank" if a == b else ("better on SST-2" if b < a else "worse on SST-2")
+        print(f"{protocol.METHODS[method].label:<22} rank {a} (generated) vs {b} (SST-2): {note}")"""),
+("md", """## Summary
+
+- One protocol for every method (same data, budget, seeds; a learning rate per method chosen on validation;
+  test mean ± sample std) turns a table of numbers into a comparison; the learning curves say whether the
+  budget was enough.
+- Parameter counts decide gradients, optimizer state and disk per task; they do **not** decide activation
+  memory, which depends on how deep the gradient must flow. Counting saved tensors shows it exactly.
+- Speed must be measured as ratios in one interleaved run; merged LoRA has the base model's shape, adapters and
+  fusion add work in every layer, and fusion's work grows with its number of adapters.
+- The triangle is a summary of three normalised measurements: its corners depend on the normalisation, so
+  always read it with the numbers.
+
+## Check your understanding
+
+1. Why is the learning rate chosen on validation and the accuracy reported on test? What would change if both
+   used the test split?
+2. LoRA trains 0.3% of the parameters. Why does it still keep almost as many activations as full fine-tuning?
+   Which method keeps (almost) none, and why?
+3. You serve 200 tasks on one GPU. Which two measurements of this lesson decide your method, and which method do
+   they point to here?
+4. The sample standard deviation over 3 seeds is itself uncertain. Two methods differ by less than one std:
+   what would you do before claiming one is better?
+5. Change the capacity score to use only SST-2. Which points move most in the triangle, and why?
+
+## Further reading
+
+- J. He et al., *Towards a Unified View of Parameter-Efficient Transfer Learning*, ICLR 2022 (Sec. 3, Fig. 1, Table 1).
+- N. Houlsby et al., *Parameter-Efficient Transfer Learning for NLP*, ICML 2019 (Table 1).
+- B. Lester et al., *The Power of Scale for Parameter-Efficient Prompt Tuning*, EMNLP 2021 (Fig. 1).
+- A. Rücklé et al., *AdapterDrop: On the Efficiency of Adapters in Transformers*, EMNLP 2021 (inference overhead).
+- E. Hu et al., *LoRA*, ICLR 2022 (Table 1: latency of adapters vs LoRA)."""),
+]
+
+
+def build() -> nbformat.NotebookNode:
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    notebook.cells = [nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
+                      for kind, src in CELLS]
+    return notebook
+
+
+if __name__ == "__main__":
+    nbformat.write(build(), ROOT / "notebooks" / "06_design_space.ipynb")
+    print("wrote notebooks/06_design_space.ipynb")
