@@ -11,7 +11,7 @@ from peft_teach.methods import adapters as A
 from peft_teach.methods import fusion as F
 from peft_teach.models import SequenceClassifier
 
-KINDS = ["bert", "gpt2", "llama"]
+KINDS = ["bert", "roberta", "gpt2", "llama"]
 PLACEMENTS = {"pfeiffer": 1, "houlsby": 2}  # adapter points per layer
 HEAD = {"head.weight", "head.bias"}
 

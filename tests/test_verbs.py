@@ -1,6 +1,6 @@
 """The same verbs for every method, on every architecture, on the device the course would use.
 
-For each method x (BERT, GPT-2, Llama) tiny random model, on ``get_device()``:
+For each method x (BERT, RoBERTa, GPT-2, Llama) tiny random model, on ``get_device()``:
 ``add_*`` returns the new modules (and they are in the model), leaves exactly them and
 the head trainable, and the formula count equals the measured one; forward + backward
 run; ``save_*`` then ``load_*`` into a fresh copy of the base model gives the same
@@ -24,7 +24,7 @@ from peft_teach.train import get_device
 
 from tiny_models import padded_batch, tiny_config
 
-LORA_TARGETS = {"bert": ("query", "value"), "gpt2": ("c_attn",), "llama": ("q_proj", "v_proj")}
+LORA_TARGETS = {"bert": ("query", "value"), "roberta": ("query", "value"), "gpt2": ("c_attn",), "llama": ("q_proj", "v_proj")}
 FUSED = ["a", "b"]
 
 
@@ -93,7 +93,7 @@ METHODS = {
         formula=lambda m, kind: lora.lora_parameter_count(m, LORA_TARGETS[kind], r=2),
         measured=lora.lora_parameters),
 }
-KINDS = ("bert", "gpt2", "llama")
+KINDS = ("bert", "roberta", "gpt2", "llama")
 
 
 def _randomise(module: torch.nn.Module, seed: int) -> None:

@@ -1,7 +1,7 @@
 """Test helpers shared by several test files: tiny random-weight models and adapter utilities."""
 
 import torch
-from transformers import BertConfig, BertModel, GPT2Config, LlamaConfig
+from transformers import BertConfig, BertModel, GPT2Config, LlamaConfig, RobertaConfig
 
 from peft_teach.methods import adapters as A
 from peft_teach.models import SequenceClassifier, get_backbone
@@ -12,6 +12,9 @@ def tiny_config(kind: str):
     common = dict(vocab_size=100, attn_implementation="eager")
     if kind == "bert":
         return BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, **common)
+    if kind == "roberta":
+        return RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                             pad_token_id=1, **common)
     if kind == "gpt2":
         return GPT2Config(n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0, **common)
     return LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
