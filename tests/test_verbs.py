@@ -50,21 +50,19 @@ def _fusion_remove(model):
     adapters.set_active(model, FUSED[-1])  # as before the fusion: the last adapter added was active
 
 
+def adapter_verbs(placement: str) -> Verbs:
+    config = adapters.AdapterConfig(placement)
+    return Verbs(add=lambda m, kind: adapters.add_adapter(m, "task", config),
+                 save=lambda m, folder: adapters.save_adapter(m, "task", folder),
+                 load=lambda m, folder: adapters.load_adapter(m, folder),
+                 remove=lambda m: adapters.remove_adapter(m, "task"),
+                 formula=lambda m, kind: adapters.adapter_parameter_count(m, config),
+                 measured=lambda m: adapters.adapter_parameters(m, "task"))
+
+
 METHODS = {
-    "adapter (pfeiffer)": Verbs(
-        add=lambda m, kind: adapters.add_adapter(m, "task", adapters.AdapterConfig("pfeiffer")),
-        save=lambda m, folder: adapters.save_adapter(m, "task", folder),
-        load=lambda m, folder: adapters.load_adapter(m, folder),
-        remove=lambda m: adapters.remove_adapter(m, "task"),
-        formula=lambda m, kind: adapters.adapter_parameter_count(m, adapters.AdapterConfig("pfeiffer")),
-        measured=lambda m: adapters.adapter_parameters(m, "task")),
-    "adapter (houlsby)": Verbs(
-        add=lambda m, kind: adapters.add_adapter(m, "task", adapters.AdapterConfig("houlsby")),
-        save=lambda m, folder: adapters.save_adapter(m, "task", folder),
-        load=lambda m, folder: adapters.load_adapter(m, folder),
-        remove=lambda m: adapters.remove_adapter(m, "task"),
-        formula=lambda m, kind: adapters.adapter_parameter_count(m, adapters.AdapterConfig("houlsby")),
-        measured=lambda m: adapters.adapter_parameters(m, "task")),
+    "adapter (pfeiffer)": adapter_verbs("pfeiffer"),
+    "adapter (houlsby)": adapter_verbs("houlsby"),
     "fusion": Verbs(
         add=lambda m, kind: fusion.add_fusion(m, FUSED),
         save=lambda m, folder: fusion.save_fusion(m, fusion.fusion_name(FUSED), folder),

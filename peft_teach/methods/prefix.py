@@ -246,12 +246,16 @@ def add_prefix(model: nn.Module, length: int = 10, reparameterize: bool = False,
 
 def remove_prefix(model: nn.Module) -> None:
     """Take the prefix away and restore the model's attention: the base model again."""
-    prefix = _prefix_of(model)
+    restore_attention(model, "prefix_source", _prefix_of(model).previous_attention)
+    del model.prefix
+
+
+def restore_attention(model: nn.Module, source: str, previous: str) -> None:
+    """Undo what add_prefix / add_prefix_plus did to the attention modules (shared by both)."""
     backbone = get_backbone(model)
     for module in attention_modules(backbone).values():
-        del module.prefix_source
-    use_attention(backbone, prefix.previous_attention)
-    del model.prefix
+        delattr(module, source)
+    use_attention(backbone, previous)
 
 
 def _prefix_of(model: nn.Module) -> PrefixEncoder:

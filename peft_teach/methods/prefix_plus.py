@@ -55,7 +55,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from peft_teach.methods.architectures import attention_shape
 from peft_teach.methods.checkpoint import load_head, load_into, read_checkpoint, save_checkpoint, split_head
 from peft_teach.methods.inject import train_only
-from peft_teach.methods.prefix import attention_modules, model_eager_attention, use_attention
+from peft_teach.methods.prefix import attention_modules, model_eager_attention, restore_attention, use_attention
 from peft_teach.models import get_backbone
 
 ATTENTION_NAME = "peft_teach_prefix_plus"
@@ -146,11 +146,7 @@ def add_prefix_plus(model: nn.Module, phi: str = "elu", seed: int = 0) -> dict[s
 
 def remove_prefix_plus(model: nn.Module) -> None:
     """Take the memory away and restore the model's attention: the base model again."""
-    memory = _memory_of(model)
-    backbone = get_backbone(model)
-    for module in attention_modules(backbone, "Prefix-Tuning+").values():
-        del module.memory_source
-    use_attention(backbone, memory.previous_attention)
+    restore_attention(model, "memory_source", _memory_of(model).previous_attention)
     del model.prefix_memory
 
 
