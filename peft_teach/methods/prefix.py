@@ -230,18 +230,27 @@ def add_prefix(model: nn.Module, length: int = 10, reparameterize: bool = False,
     """
     _check_length(length)
     backbone = get_backbone(model)
-    modules = attention_modules(backbone)  # fails early for unknown architectures
+    attention_modules(backbone)  # fails early for unknown architectures
     if hasattr(model, "prefix"):
         raise ValueError("This model already has a prefix; remove_prefix(model) first.")
     register_prefix_attention()
     prefix = PrefixEncoder(backbone.config, length, reparameterize, mlp_hidden, init_std, seed)
-    prefix.previous_attention = backbone.config._attn_implementation  # remove_prefix restores it
-    model.prefix = prefix.to(next(backbone.parameters()).device)
-    for module in modules.values():
-        module.prefix_source = prefix.layer_key_value
-    use_attention(backbone, ATTENTION_NAME)
-    train_only(model, [prefix])
+    attach_to_attention(model, "prefix", prefix, "prefix_source", prefix.layer_key_value, ATTENTION_NAME)
     return {"prefix": prefix}
+
+
+def attach_to_attention(model: nn.Module, attribute: str, new: nn.Module, source: str, read: Callable,
+                        attention: str) -> None:
+    """Shared by add_prefix and add_prefix_plus: ``model.<attribute> = new``; every attention module
+    gets ``<source> = read`` (a bound method, so the parameters live once, on the model); the backbone
+    switches to attention function ``attention``; only ``new`` (and the head) train."""
+    backbone = get_backbone(model)
+    new.previous_attention = backbone.config._attn_implementation  # restore_attention puts it back
+    setattr(model, attribute, new.to(next(backbone.parameters()).device))
+    for module in attention_modules(backbone).values():
+        setattr(module, source, read)
+    use_attention(backbone, attention)
+    train_only(model, [new])
 
 
 def remove_prefix(model: nn.Module) -> None:

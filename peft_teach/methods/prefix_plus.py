@@ -54,8 +54,12 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from peft_teach.methods.architectures import attention_shape
 from peft_teach.methods.checkpoint import load_head, load_into, read_checkpoint, save_checkpoint, split_head
-from peft_teach.methods.inject import train_only
-from peft_teach.methods.prefix import attention_modules, model_eager_attention, restore_attention, use_attention
+from peft_teach.methods.prefix import (
+    attach_to_attention,
+    attention_modules,
+    model_eager_attention,
+    restore_attention,
+)
 from peft_teach.models import get_backbone
 
 ATTENTION_NAME = "peft_teach_prefix_plus"
@@ -129,18 +133,13 @@ def add_prefix_plus(model: nn.Module, phi: str = "elu", seed: int = 0) -> dict[s
     draws nothing. Returns ``{"prefix_memory": the PrefixMemory}``.
     """
     backbone = get_backbone(model)
-    modules = attention_modules(backbone, "Prefix-Tuning+")  # unknown architectures fail here, clearly
+    attention_modules(backbone, "Prefix-Tuning+")  # unknown architectures fail here, clearly
     if hasattr(model, "prefix_memory"):
         raise ValueError("This model already has a prefix memory; remove_prefix_plus(model) first.")
     register_prefix_plus_attention()
     memory = PrefixMemory(backbone.config, phi)
-    memory.previous_attention = backbone.config._attn_implementation  # remove_prefix_plus restores it
-    model.prefix_memory = memory.to(next(backbone.parameters()).device)
-    for module in modules.values():
-        # A bound method (not a module), so M is stored once; copy.deepcopy keeps it consistent.
-        module.memory_source = memory.layer_memory
-    use_attention(backbone, ATTENTION_NAME)
-    train_only(model, [memory])
+    # memory_source is a bound method (not a module): M is stored once; copy.deepcopy keeps it consistent.
+    attach_to_attention(model, "prefix_memory", memory, "memory_source", memory.layer_memory, ATTENTION_NAME)
     return {"prefix_memory": memory}
 
 
