@@ -95,3 +95,18 @@ def load_head(model: nn.Module, head: dict[str, torch.Tensor]) -> None:
     """Load saved head tensors into the model's (active) head, if both exist."""
     if head and isinstance(getattr(model, "head", None), nn.Module):
         load_into(model.head, head, "classifier head (check num_labels)")
+
+
+def load_one_module(model: nn.Module, folder: str | Path, method: str, add) -> dict[str, nn.Module]:
+    """``load_*`` of a method that adds one module to the model (soft prompt, prefix, Prefix-Tuning+).
+
+    ``add(config)`` rebuilds the module from the saved settings and returns ``{name: module}``;
+    the saved tensors are named ``<name>.<key>``.
+    """
+    config, tensors = read_checkpoint(folder, method, model)
+    own, head = split_head(tensors)
+    added = add(config)
+    (name, module), = added.items()
+    load_into(module, {key.removeprefix(f"{name}."): value for key, value in own.items()}, name)
+    load_head(model, head)
+    return added

@@ -51,7 +51,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from peft_teach.methods.architectures import attention_shape, layout_of
-from peft_teach.methods.checkpoint import load_head, load_into, read_checkpoint, save_checkpoint, split_head
+from peft_teach.methods.checkpoint import load_one_module, save_checkpoint
 from peft_teach.methods.inject import find_modules, train_only
 from peft_teach.models import get_backbone
 
@@ -288,12 +288,7 @@ def save_prefix(model: nn.Module, folder: str | Path) -> Path:
 
 def load_prefix(model: nn.Module, folder: str | Path) -> dict[str, PrefixEncoder]:
     """Add the prefix saved in ``folder`` (and load its head into ``model.head``)."""
-    config, tensors = read_checkpoint(folder, "prefix", model)
-    own, head = split_head(tensors)
-    added = add_prefix(model, **config)
-    load_into(added["prefix"], {k.removeprefix("prefix."): v for k, v in own.items()}, "prefix")
-    load_head(model, head)
-    return added
+    return load_one_module(model, folder, "prefix", lambda config: add_prefix(model, **config))
 
 
 @contextmanager

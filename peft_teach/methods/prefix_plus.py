@@ -53,7 +53,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from peft_teach.methods.architectures import attention_shape
-from peft_teach.methods.checkpoint import load_head, load_into, read_checkpoint, save_checkpoint, split_head
+from peft_teach.methods.checkpoint import load_one_module, save_checkpoint
 from peft_teach.methods.prefix import (
     attach_to_attention,
     attention_modules,
@@ -170,9 +170,4 @@ def save_prefix_plus(model: nn.Module, folder: str | Path) -> Path:
 
 def load_prefix_plus(model: nn.Module, folder: str | Path) -> dict[str, PrefixMemory]:
     """Add the memory saved in ``folder`` (and load its head into ``model.head``)."""
-    config, tensors = read_checkpoint(folder, "prefix_plus", model)
-    own, head = split_head(tensors)
-    added = add_prefix_plus(model, phi=config["phi"])
-    load_into(added["prefix_memory"], {"memory": own["prefix_memory.memory"]}, "Prefix-Tuning+ memory")
-    load_head(model, head)
-    return added
+    return load_one_module(model, folder, "prefix_plus", lambda config: add_prefix_plus(model, phi=config["phi"]))

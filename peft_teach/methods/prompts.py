@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from peft_teach.methods.checkpoint import load_head, load_into, read_checkpoint, save_checkpoint, split_head
+from peft_teach.methods.checkpoint import load_one_module, save_checkpoint
 from peft_teach.methods.inject import train_only
 from peft_teach.models import get_backbone
 
@@ -163,9 +163,4 @@ def save_soft_prompt(model: nn.Module, folder: str | Path) -> Path:
 
 def load_soft_prompt(model: nn.Module, folder: str | Path) -> dict[str, SoftPrompt]:
     """Add the prompt saved in ``folder`` (and load its head into ``model.head``)."""
-    config, tensors = read_checkpoint(folder, "soft_prompt", model)
-    own, head = split_head(tensors)
-    added = add_soft_prompt(model, length=config["length"])
-    load_into(added["soft_prompt"], {"weight": own["soft_prompt.weight"]}, "soft prompt")
-    load_head(model, head)
-    return added
+    return load_one_module(model, folder, "soft_prompt", lambda config: add_soft_prompt(model, config["length"]))
