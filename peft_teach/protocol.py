@@ -81,12 +81,17 @@ def build_method(method: str, num_labels: int, seed: int) -> nn.Module:
     return model
 
 
-def run(method: str, data: DatasetDict, lr: float, seed: int, tokenizer) -> dict:
+def run(method: str, data: DatasetDict, lr: float, seed: int, tokenizer, budget: dict | None = None) -> dict:
     """Train ``method`` once under the protocol; the curve on validation and the final test accuracy."""
-    spec = METHODS[method]
     model = build_method(method, len(data["train"].features["label"].names), seed)
-    history = train(model, tokenizer, data, lr=lr, seed=seed, head_lr=HEAD_LR if spec.train_head_apart else None,
-                    **BUDGET)
+    return fit(model, data, lr, seed, tokenizer, budget=budget, head_apart=METHODS[method].train_head_apart)
+
+
+def fit(model: nn.Module, data: DatasetDict, lr: float, seed: int, tokenizer, budget: dict | None = None,
+        head_apart: bool = True, extra_loss=None) -> dict:
+    """Train what ``model`` marks trainable (the head at HEAD_LR if ``head_apart``); the numbers stored per run."""
+    history = train(model, tokenizer, data, lr=lr, seed=seed, head_lr=HEAD_LR if head_apart else None,
+                    extra_loss=extra_loss, **(budget or BUDGET))
     return {"lr": lr, "seed": seed, "trainable": history.trainable_parameters,
             "validation_curve": history.eval_accuracy, "validation": history.final_accuracy,
             "test": evaluate(model, data["test"], tokenizer)}

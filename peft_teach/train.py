@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -128,6 +130,14 @@ def parameter_groups(model: nn.Module, lr: float, head_lr: float | None = None) 
     return [group for group in ({"params": rest, "lr": lr}, {"params": head, "lr": head_lr}) if group["params"]]
 
 
+def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float = 0.1):
+    """Linear warm-up over the first ``warmup_ratio`` of the steps, then linear decay towards 0."""
+    warmup = max(1, int(warmup_ratio * total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / (total_steps - warmup + 1)))
+    )
+
+
 def check_training_setup(model: nn.Module, data: DatasetDict, *, epochs: int, lr: float, batch_size: int,
                          eval_split: str | None) -> None:
     """Fail before training starts, with the fix, on settings that cannot work."""
@@ -185,10 +195,7 @@ def train(
     optimizer = torch.optim.AdamW(parameter_groups(model, lr, head_lr), lr=lr, weight_decay=weight_decay)
     loader = make_loader(data["train"], tokenizer, batch_size, shuffle=True, seed=seed, max_length=max_length)
     total_steps = epochs * len(loader)
-    warmup = max(1, int(warmup_ratio * total_steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (total_steps - step) / (total_steps - warmup + 1)))
-    )
+    schedule = linear_schedule(optimizer, total_steps, warmup_ratio)
     history = History(trainable_parameters=sum(p.numel() for p in parameters))
     bar = _progress(total_steps)
     for _ in range(epochs):
@@ -213,6 +220,87 @@ def train(
             history.eval_accuracy.append(evaluate(model, data[eval_split], tokenizer, max_length=max_length))
     if bar is not None:
         bar.close()
+    model.eval()
+    return history
+
+
+@contextmanager
+def using_head(model: nn.Module, head: nn.Module) -> Iterator[nn.Module]:
+    """Classify with ``head`` inside the ``with`` block (multi-task models keep one head per task)."""
+    original = model.head
+    model.head = head
+    try:
+        yield model
+    finally:
+        model.head = original
+
+
+def endless_batches(dataset: Dataset, tokenizer, batch_size: int, seed: int) -> Iterator[dict]:
+    """Shuffled batches for ever: each pass over ``dataset`` is a new epoch with its own order."""
+    epoch = 0
+    while True:
+        yield from make_loader(dataset, tokenizer, batch_size, shuffle=True, seed=seed * 1000 + epoch)
+        epoch += 1
+
+
+def train_multitask(
+    model: nn.Module,
+    tokenizer,
+    tasks: dict[str, DatasetDict],
+    heads: dict[str, nn.Module],
+    *,
+    steps: int,
+    lr: float,
+    head_lr: float | None = None,
+    batch_size: int = 16,
+    warmup_ratio: float = 0.1,
+    seed: int = 0,
+    eval_task: str | None = None,
+    eval_every: int | None = None,
+) -> History:
+    """Train one shared model on several tasks at once, one head per task.
+
+    Every step takes one batch of *every* task, runs each through the shared model
+    and its task's head, and sums the losses: the shared parameters see all tasks at
+    every update (joint multi-task training). Same optimizer and schedule as
+    :func:`train`; the heads train at ``head_lr``. With ``eval_task``, validation
+    accuracy of that task is recorded every ``eval_every`` steps.
+    """
+    if set(heads) != set(tasks):
+        raise ValueError(f"Give one head per task: tasks {sorted(tasks)}, heads {sorted(heads)}.")
+    if not isinstance(steps, int) or steps <= 0:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    set_seed(seed)
+    device = next(model.parameters()).device
+    for head in heads.values():
+        head.to(device).requires_grad_(True)
+    shared = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("head.")]
+    head_parameters = [p for head in heads.values() for p in head.parameters()]
+    optimizer = torch.optim.AdamW([{"params": shared, "lr": lr}, {"params": head_parameters, "lr": head_lr or lr}],
+                                  lr=lr, weight_decay=0.0)
+    schedule = linear_schedule(optimizer, steps, warmup_ratio)
+    batches = {task: endless_batches(data["train"], tokenizer, batch_size, seed + i)
+               for i, (task, data) in enumerate(tasks.items())}
+    history = History(trainable_parameters=sum(p.numel() for p in shared + head_parameters))
+    model.train()
+    for step in range(1, steps + 1):
+        start = time.perf_counter()
+        loss = 0.0
+        for task, head in heads.items():
+            batch = _to(next(batches[task]), device)
+            labels = batch.pop("labels")
+            with using_head(model, head):
+                loss = loss + nn.functional.cross_entropy(model(**batch), labels)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        history.step_seconds.append(time.perf_counter() - start)
+        history.train_loss.append(loss.item())
+        if eval_task is not None and eval_every and step % eval_every == 0:
+            with using_head(model, heads[eval_task]):
+                history.eval_accuracy.append(evaluate(model, tasks[eval_task]["validation"], tokenizer))
+            model.train()
     model.eval()
     return history
 

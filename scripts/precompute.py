@@ -5,10 +5,11 @@
     python scripts/precompute.py prefix_lengths    # lesson 03: prefix length sweep
     python scripts/precompute.py prefix_methods    # lesson 04: 3 methods x 3 seeds, short and long inputs
     python scripts/precompute.py protocol_sentiment protocol_sst2   # lesson 06: every method under the protocol
+    python scripts/precompute.py transfer_routing  # lessons 02 and 06: the target task with and without sources
 
 Each writes ``peft_teach/precomputed/<name>.json`` with the results, the recipe and
-how long it took. The protocol jobs are long (9 methods x (3 learning rates + 2 more
-seeds)), so they store every finished run at once and skip stored runs when started
+how long it took. The protocol and transfer jobs are long (9 methods x (3 learning
+rates + 2 more seeds)), so they store every finished run at once and skip stored runs when started
 again: stop them any time, re-run the same command to go on. The training code is ``peft_teach.experiments``, the same functions
 the lessons call for their live spot-checks.
 """
@@ -25,7 +26,7 @@ import torch
 
 from pathlib import Path
 
-from peft_teach import experiments, protocol
+from peft_teach import experiments, protocol, transfer
 from peft_teach.data import SOURCE_TASKS, load_task, load_tsv_task
 from peft_teach.models import load_tokenizer
 from peft_teach.precomputed import path
@@ -92,35 +93,85 @@ def machine_info() -> dict:
             "torch": torch.__version__, "device": str(get_device())}
 
 
+class ResumableStore:
+    """``peft_teach/precomputed/<name>.json``, written after every finished run.
+
+    A stored file whose recipe differs from ``recipe`` is started afresh: stored runs
+    always follow the current recipe (tests/test_protocol.py checks this too).
+    """
+
+    def __init__(self, name: str, recipe: dict):
+        self.name, self.file = name, path(name)
+        stored = json.loads(self.file.read_text()) if self.file.exists() else {}
+        if stored.get("recipe") != recipe:
+            stored = {"recipe": recipe, "runs": {}, "machine": machine_info(), "seconds": 0}
+        self.stored = stored
+
+    def get(self, key: str, compute) -> dict:
+        """The stored result of run ``key``; computed (and stored at once) if missing."""
+        runs = self.stored["runs"]
+        if key not in runs:
+            start = time.perf_counter()
+            result = compute()
+            result = result if isinstance(result, dict) else {"test": result}
+            runs[key] = {**result, "seconds": round(time.perf_counter() - start)}
+            self.stored["seconds"] += runs[key]["seconds"]
+            self.file.write_text(json.dumps(self.stored, indent=2) + "\n")
+            print(f"{self.name}: {key} ({runs[key]['seconds']} s)", flush=True)
+        return runs[key]
+
+
+def run_key(method: str, lr: float, seed: int) -> str:
+    return f"{method}|lr={lr:g}|seed={seed}"
+
+
+def grid_then_seeds(store: ResumableStore, methods: dict, run) -> dict[str, float]:
+    """Each method's grid with seed 0, then the other seeds at the rate chosen on validation."""
+    chosen = {}
+    for method, spec in methods.items():
+        grid = [store.get(run_key(method, lr, protocol.SEEDS[0]), lambda: run(method, lr, protocol.SEEDS[0]))
+                for lr in spec.lr_grid]
+        chosen[method] = protocol.choose_lr(grid)
+        for seed in protocol.SEEDS[1:]:
+            store.get(run_key(method, chosen[method], seed), lambda: run(method, chosen[method], seed))
+    return chosen
+
+
 def run_protocol(name: str, data, tokenizer, description: str) -> None:
     """Every method of peft_teach.protocol: learning-rate grid (seed 0), then the other seeds; resumable."""
-    file = path(name)
     recipe = {"task": description, **protocol.BUDGET, "head_lr": protocol.HEAD_LR, "seeds": list(protocol.SEEDS),
               "lr_grid": {m: list(spec.lr_grid) for m, spec in protocol.METHODS.items()},
               "train_examples": len(data["train"]), "validation_examples": len(data["validation"]),
               "test_examples": len(data["test"]),
               "selection": "final validation accuracy of seed 0; ties to the smaller learning rate",
               "metric": "accuracy; validation after every epoch, test at the end"}
-    stored = json.loads(file.read_text()) if file.exists() else {}
-    if stored.get("recipe") != recipe:
-        stored = {"recipe": recipe, "runs": {}, "machine": machine_info(), "seconds": 0}
+    store = ResumableStore(name, recipe)
+    grid_then_seeds(store, protocol.METHODS, lambda method, lr, seed: protocol.run(method, data, lr, seed, tokenizer))
 
-    def one(method: str, lr: float, seed: int) -> dict:
-        key = f"{method}|lr={lr:g}|seed={seed}"
-        if key not in stored["runs"]:
-            start = time.perf_counter()
-            stored["runs"][key] = {**protocol.run(method, data, lr, seed, tokenizer),
-                                   "seconds": round(time.perf_counter() - start)}
-            stored["seconds"] += stored["runs"][key]["seconds"]
-            file.write_text(json.dumps(stored, indent=2) + "\n")  # every finished run is kept
-            print(f"{name}: {key} -> test {stored['runs'][key]['test']:.3f} ({stored['runs'][key]['seconds']} s)",
-                  flush=True)
-        return stored["runs"][key]
 
-    for method, spec in protocol.METHODS.items():
-        chosen = protocol.choose_lr([one(method, lr, protocol.SEEDS[0]) for lr in spec.lr_grid])
-        for seed in protocol.SEEDS[1:]:
-            one(method, chosen, seed)
+def transfer_routing(tokenizer) -> None:
+    """Seed 001's table and lesson 02: every target method, then the transfer measurements; resumable."""
+    tasks = transfer.load_tasks()
+    recipe = {"target": transfer.TARGET_TASK, "sources": list(SOURCE_TASKS), **transfer.TARGET_BUDGET,
+              "steps": transfer.STEPS, "head_lr": protocol.HEAD_LR, "seeds": list(protocol.SEEDS),
+              "lr_grid": {m: list(spec.lr_grid) for m, spec in transfer.TARGET_METHODS.items()},
+              "source_adapters": experiments.SOURCE_RECIPES, "prompt_length": transfer.PROMPT_LENGTH,
+              "mt_prompt_stage1_lr": transfer.MT_PROMPT_STAGE1_LR, "left_out": list(transfer.LEFT_OUT),
+              "selection": "final validation accuracy of seed 0; ties to the smaller learning rate",
+              "metric": "accuracy on the full test splits"}
+    store = ResumableStore("transfer_routing", recipe)
+    methods = transfer.TARGET_METHODS
+    chosen = grid_then_seeds(store, methods, lambda method, lr, seed: methods[method].run(tokenizer, tasks, lr, seed))
+    for seed in protocol.SEEDS:
+        for task in transfer.LEFT_OUT:
+            names = [t for t in SOURCE_TASKS if t != task]
+            store.get(run_key(f"fusion_without={task}", chosen["fusion"], seed),
+                      lambda: transfer.run_fusion(tokenizer, tasks, chosen["fusion"], seed, names))
+        for task in SOURCE_TASKS:
+            store.get(run_key(f"source_alone={task}", chosen["joint"], seed),
+                      lambda: transfer.run_source_alone(tokenizer, tasks, task, chosen["joint"], seed))
+        store.get(run_key("sequential_full_ft", chosen["full_ft"], seed),
+                  lambda: transfer.run_sequential_full_ft(tokenizer, tasks, chosen["full_ft"], seed))
 
 
 def protocol_sentiment(tokenizer) -> None:
@@ -139,7 +190,8 @@ def protocol_sst2(tokenizer) -> None:
 
 JOBS = {"fusion_comparison": fusion_comparison, "lora_sweep": lora_sweep, "prefix_lengths": prefix_lengths,
         "prefix_methods": prefix_methods}
-RESUMABLE = {"protocol_sentiment": protocol_sentiment, "protocol_sst2": protocol_sst2}
+RESUMABLE = {"protocol_sentiment": protocol_sentiment, "protocol_sst2": protocol_sst2,
+             "transfer_routing": transfer_routing}
 
 
 def main() -> None:

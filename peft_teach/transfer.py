@@ -1,0 +1,193 @@
+"""The transfer protocol: a low-resource target task, learned with or without the source tasks.
+
+Lesson 02 and seed 001's table (AdapterFusion vs joint multi-task training vs a single
+adapter per task vs multi-task prompt tuning) compare methods under these rules, which
+are :mod:`peft_teach.protocol`'s rules applied to the target task:
+
+* **Target:** ``routing`` (256 training examples), TARGET_BUDGET for every method:
+  20 epochs of batch 16 = 320 steps, validation after every epoch (the learning curve).
+* **Learning rate** from each method's grid on validation with seed 0; **test** mean ±
+  sample std over seeds 0-2 at that rate. Heads train at ``protocol.HEAD_LR``.
+* **Sources:** the four source tasks (sentiment, aspect, topic, negation). Stage 1 of
+  fusion is lesson 01's adapters (``experiments.source_adapter_model``: 38-113 steps of
+  batch 32 each); the joint and multi-task prompt runs see every source for 320 steps,
+  so if anything the source budget favours them, not fusion.
+
+The methods (identifiers are keys of :data:`TARGET_METHODS`):
+
+* ``head_only``, ``full_ft``, ``adapter`` (one new Pfeiffer adapter), ``soft_prompt``
+  (l = 20): the target alone, as in :mod:`peft_teach.protocol`.
+* ``fusion``: a fusion layer over the four source adapters (+ head), with fusion's
+  pull of the value matrix toward identity (``fusion.value_regularization``).
+* ``joint``: one adapter shared by the four sources *and* the target, one head per
+  task; every step a batch of every task (Pfeiffer et al. 2021's MT-A baseline).
+* ``mt_prompt``: one soft prompt trained on the four sources together (stage 1, once,
+  seed 0, not tuned: the middle of the soft prompt's grid), then tuned on the target
+  with a new head (SPoT-style transfer, Vu et al., ACL 2022).
+
+And the measurements the table needs, each at the chosen learning rate, seeds 0-2:
+
+* ``fusion_without``: fusion with one source adapter left out (knowledge composition);
+* ``sources_alone``: each source task with its own adapter, as many steps and the same
+  learning rate as ``joint`` (negative transfer = joint's source accuracy minus this);
+* ``sequential_full_ft``: full fine-tuning on sentiment, then on the target; the
+  sentiment accuracy before and after (catastrophic forgetting).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from datasets import DatasetDict
+from torch import nn
+
+from peft_teach import protocol
+from peft_teach.data import SOURCE_TASKS, TARGET_TASK, label_names, load_task
+from peft_teach.experiments import source_adapter_model
+from peft_teach.methods import adapters, fusion, prompts
+from peft_teach.models import build_classifier
+from peft_teach.train import evaluate, train, train_multitask, using_head
+
+TARGET_BUDGET = dict(epochs=20, batch_size=16)  # 320 steps on the 256 routing examples
+STEPS = TARGET_BUDGET["epochs"] * -(-256 // TARGET_BUDGET["batch_size"])
+PROMPT_LENGTH = 20
+MT_PROMPT_STAGE1_LR = 0.1  # the middle of protocol.METHODS["soft_prompt"].lr_grid
+LEFT_OUT = ("aspect", "topic")  # fusion without the adapter routing needs, and without one it does not
+
+
+@dataclass(frozen=True)
+class TargetMethod:
+    label: str
+    lr_grid: tuple[float, ...]
+    run: Callable[..., dict]  # (tokenizer, data, lr, seed) -> the stored numbers of one run
+
+
+def load_tasks() -> dict[str, DatasetDict]:
+    """The four source tasks and the target, by name."""
+    return {task: load_task(task) for task in (*SOURCE_TASKS, TARGET_TASK)}
+
+
+def _new_head(model: nn.Module, data: DatasetDict, seed: int) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(model.head.in_features, len(label_names(data)))
+
+
+def _alone(method: str) -> Callable[..., dict]:
+    """A single-task method of the protocol, trained on the target only."""
+    def run(tokenizer, tasks, lr, seed):
+        return protocol.run(method, tasks[TARGET_TASK], lr, seed, tokenizer, budget=TARGET_BUDGET)
+    return run
+
+
+@lru_cache(maxsize=1)
+def _library(tokenizer) -> nn.Module:
+    """Lesson 01's four source adapters on one frozen MiniLM (trained once, then loaded from artifacts/)."""
+    return source_adapter_model(tokenizer)
+
+
+def run_fusion(tokenizer, tasks, lr, seed, names=SOURCE_TASKS) -> dict:
+    """Stage 2 of AdapterFusion on the target: a fresh fusion over ``names`` and a new head."""
+    model = copy.deepcopy(_library(tokenizer))
+    fusion.add_fusion(model, list(names), num_labels=len(label_names(tasks[TARGET_TASK])), seed=seed)
+    name = fusion.fusion_name(list(names))
+    return protocol.fit(model, tasks[TARGET_TASK], lr, seed, tokenizer, budget=TARGET_BUDGET,
+                        extra_loss=fusion.value_regularization(name))
+
+
+def _multitask(model: nn.Module, tokenizer, tasks: dict[str, DatasetDict], lr: float, seed: int,
+               eval_task: str | None) -> tuple[dict[str, nn.Module], object]:
+    heads = {task: (model.head if task == eval_task else _new_head(model, data, seed + 1 + i))
+             for i, (task, data) in enumerate(tasks.items())}
+    history = train_multitask(model, tokenizer, tasks, heads, steps=STEPS, lr=lr, head_lr=protocol.HEAD_LR,
+                              batch_size=TARGET_BUDGET["batch_size"], seed=seed, eval_task=eval_task,
+                              eval_every=STEPS // TARGET_BUDGET["epochs"])
+    return heads, history
+
+
+def _test_each(model: nn.Module, tokenizer, tasks: dict[str, DatasetDict], heads: dict[str, nn.Module]) -> dict:
+    accuracies = {}
+    for task, head in heads.items():
+        with using_head(model, head):
+            accuracies[task] = evaluate(model, tasks[task]["test"], tokenizer)
+    return accuracies
+
+
+def run_joint(tokenizer, tasks, lr, seed) -> dict:
+    """One adapter shared by every source and the target; the target's numbers and each source's test accuracy."""
+    model = build_classifier(len(label_names(tasks[TARGET_TASK])), seed=seed)
+    adapters.add_adapter(model, "joint", adapters.AdapterConfig("pfeiffer"), seed=seed)
+    heads, history = _multitask(model, tokenizer, tasks, lr, seed, eval_task=TARGET_TASK)
+    tests = _test_each(model, tokenizer, tasks, heads)
+    return {"lr": lr, "seed": seed, "trainable": history.trainable_parameters,
+            "validation_curve": history.eval_accuracy, "validation": history.final_accuracy,
+            "test": tests.pop(TARGET_TASK), "sources": tests}
+
+
+@lru_cache(maxsize=1)
+def shared_prompt(tokenizer) -> tuple[torch.Tensor, dict]:
+    """Stage 1 of multi-task prompt tuning: one prompt trained on all four sources (seed 0).
+
+    Returns the prompt and each source's test accuracy with it (and its own head).
+    """
+    sources = {task: load_task(task) for task in SOURCE_TASKS}
+    model = build_classifier(2, seed=0)
+    prompts.add_soft_prompt(model, length=PROMPT_LENGTH, init="vocab", seed=0)
+    heads, _ = _multitask(model, tokenizer, sources, MT_PROMPT_STAGE1_LR, seed=0, eval_task=None)
+    return model.soft_prompt.weight.detach().clone(), _test_each(model, tokenizer, sources, heads)
+
+
+def run_mt_prompt(tokenizer, tasks, lr, seed) -> dict:
+    """Stage 2 of multi-task prompt tuning: start from the shared prompt, tune it and a new head on the target."""
+    prompt, source_tests = shared_prompt(tokenizer)
+    model = build_classifier(len(label_names(tasks[TARGET_TASK])), seed=seed)
+    prompts.add_soft_prompt(model, length=PROMPT_LENGTH, seed=seed)
+    with torch.no_grad():
+        model.soft_prompt.weight.copy_(prompt)
+    return {**protocol.fit(model, tasks[TARGET_TASK], lr, seed, tokenizer, budget=TARGET_BUDGET),
+            "stage1_sources": source_tests}
+
+
+def run_source_alone(tokenizer, tasks, task: str, lr: float, seed: int) -> float:
+    """One source task with its own Pfeiffer adapter, the same steps and batch as ``joint``; test accuracy."""
+    data = tasks[task]
+    model = build_classifier(len(label_names(data)), seed=seed)
+    adapters.add_adapter(model, task, adapters.AdapterConfig("pfeiffer"), seed=seed)
+    steps_per_epoch = -(-len(data["train"]) // TARGET_BUDGET["batch_size"])
+    epochs = -(-STEPS // steps_per_epoch)  # whole epochs: 320 steps of 75 per epoch -> 5 epochs (375 steps)
+    train(model, tokenizer, data, lr=lr, seed=seed, head_lr=protocol.HEAD_LR, eval_split=None,
+          epochs=epochs, batch_size=TARGET_BUDGET["batch_size"])
+    return evaluate(model, data["test"], tokenizer)
+
+
+def run_sequential_full_ft(tokenizer, tasks, lr, seed) -> dict:
+    """Full fine-tuning on sentiment (protocol budget), then on the target: does sentiment survive?"""
+    source = tasks["sentiment"]
+    model = build_classifier(len(label_names(source)), seed=seed)
+    protocol.METHODS["full_ft"].add(model, seed)
+    train(model, tokenizer, source, lr=lr, seed=seed, head_lr=protocol.HEAD_LR, eval_split=None, **protocol.BUDGET)
+    before = evaluate(model, source["test"], tokenizer)
+    source_head = model.head
+    model.head = _new_head(model, tasks[TARGET_TASK], seed)
+    train(model, tokenizer, tasks[TARGET_TASK], lr=lr, seed=seed, head_lr=protocol.HEAD_LR, eval_split=None,
+          **TARGET_BUDGET)
+    target = evaluate(model, tasks[TARGET_TASK]["test"], tokenizer)
+    with using_head(model, source_head):  # the source head never moved: any drop is the shared weights'
+        after = evaluate(model, source["test"], tokenizer)
+    return {"lr": lr, "seed": seed, "source_before": before, "source_after": after, "target": target}
+
+
+TARGET_METHODS: dict[str, TargetMethod] = {
+    "head_only": TargetMethod("head only", protocol.METHODS["head_only"].lr_grid, _alone("head_only")),
+    "full_ft": TargetMethod("full fine-tuning", protocol.METHODS["full_ft"].lr_grid, _alone("full_ft")),
+    "adapter": TargetMethod("single adapter (target only)", protocol.METHODS["pfeiffer"].lr_grid,
+                            _alone("pfeiffer")),
+    "soft_prompt": TargetMethod("soft prompt (target only)", protocol.METHODS["soft_prompt"].lr_grid,
+                                _alone("soft_prompt")),
+    "fusion": TargetMethod("AdapterFusion (4 source adapters)", (1e-3, 3e-3, 1e-2), run_fusion),
+    "joint": TargetMethod("joint multi-task adapter", protocol.METHODS["pfeiffer"].lr_grid, run_joint),
+    "mt_prompt": TargetMethod("multi-task prompt tuning", protocol.METHODS["soft_prompt"].lr_grid, run_mt_prompt),
+}

@@ -1,0 +1,104 @@
+"""The transfer protocol (lesson 02, seed 001's table) and the multi-task training loop it uses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from datasets import DatasetDict
+
+from peft_teach import data, protocol, transfer
+from peft_teach.methods import adapters
+from peft_teach.models import build_classifier
+from peft_teach.precomputed import path
+from peft_teach.train import train_multitask, using_head
+
+
+def tiny(task: str, n: int = 16) -> DatasetDict:
+    suite = data.load_task(task)
+    return DatasetDict({split: suite[split].select(range(n)) for split in suite})
+
+
+@pytest.fixture
+def tiny_tasks(monkeypatch):
+    monkeypatch.setattr(transfer, "STEPS", 2)
+    monkeypatch.setattr(transfer, "TARGET_BUDGET", dict(epochs=1, batch_size=8))
+    return {task: tiny(task) for task in (*data.SOURCE_TASKS, data.TARGET_TASK)}
+
+
+def test_using_head_puts_the_original_head_back_even_after_an_error():
+    model = build_classifier(2, seed=0)
+    original, other = model.head, torch.nn.Linear(384, 5)
+    with pytest.raises(RuntimeError), using_head(model, other):
+        assert model.head is other
+        raise RuntimeError("boom")
+    assert model.head is original
+
+
+def test_multitask_training_needs_one_head_per_task(tokenizer):
+    model = build_classifier(2, seed=0)
+    with pytest.raises(ValueError, match="one head per task"):
+        train_multitask(model, tokenizer, {"aspect": tiny("aspect")}, {}, steps=1, lr=1e-3)
+
+
+def test_multitask_training_moves_the_shared_adapter_and_every_head_but_not_the_base(tokenizer):
+    model = build_classifier(2, seed=0)
+    adapters.add_adapter(model, "shared", seed=0)
+    tasks = {"sentiment": tiny("sentiment"), "aspect": tiny("aspect")}
+    heads = {"sentiment": model.head, "aspect": torch.nn.Linear(384, 4)}
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    aspect_before = heads["aspect"].weight.detach().clone()
+    history = train_multitask(model, tokenizer, tasks, heads, steps=2, lr=1e-2, head_lr=1e-2, batch_size=8,
+                              eval_task="sentiment", eval_every=1)
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert moved and all(".adapters.shared." in name or name.startswith("head.") for name in moved)
+    assert any(name.startswith("head.") for name in moved)
+    assert not torch.equal(heads["aspect"].weight, aspect_before)
+    assert len(history.train_loss) == 2 and len(history.eval_accuracy) == 2
+
+
+def test_joint_run_reports_the_target_and_every_source(tokenizer, tiny_tasks):
+    result = transfer.run_joint(tokenizer, tiny_tasks, 1e-3, seed=0)
+    assert set(result["sources"]) == set(data.SOURCE_TASKS)
+    assert 0.0 <= result["test"] <= 1.0 and len(result["validation_curve"]) == 1
+
+
+def test_multitask_prompt_tuning_starts_from_the_shared_prompt(tokenizer, tiny_tasks, monkeypatch):
+    shared = torch.randn(transfer.PROMPT_LENGTH, 384)
+    monkeypatch.setattr(transfer, "shared_prompt", lambda tok: (shared, {"sentiment": 0.5}))
+    seen = {}
+
+    def fake_fit(model, *args, **kwargs):
+        seen["prompt"] = model.soft_prompt.weight.detach().clone()
+        return {"test": 0.0}
+
+    monkeypatch.setattr(protocol, "fit", fake_fit)
+    result = transfer.run_mt_prompt(tokenizer, tiny_tasks, 0.1, seed=1)
+    assert torch.equal(seen["prompt"], shared)
+    assert result["stage1_sources"] == {"sentiment": 0.5}
+
+
+def test_sequential_full_fine_tuning_measures_the_source_before_and_after(tokenizer, tiny_tasks, monkeypatch):
+    monkeypatch.setattr(protocol, "BUDGET", dict(epochs=1, batch_size=8))
+    result = transfer.run_sequential_full_ft(tokenizer, tiny_tasks, 1e-4, seed=0)
+    assert {"source_before", "source_after", "target"} <= set(result)
+
+
+def test_every_target_method_has_a_grid_and_the_budget_is_320_steps():
+    assert transfer.STEPS == 320
+    assert all(len(spec.lr_grid) == 3 for spec in transfer.TARGET_METHODS.values())
+
+
+def test_stored_transfer_runs_follow_the_current_recipe():
+    file = path("transfer_routing")
+    if not file.exists():
+        pytest.skip("transfer_routing.json not precomputed yet (python scripts/precompute.py transfer_routing)")
+    stored = json.loads(file.read_text())
+    assert stored["recipe"]["epochs"] == transfer.TARGET_BUDGET["epochs"]
+    assert stored["recipe"]["lr_grid"] == {m: list(s.lr_grid) for m, s in transfer.TARGET_METHODS.items()}
+    for key, run in stored["runs"].items():
+        method = key.split("|")[0]
+        if method in transfer.TARGET_METHODS:
+            assert run["lr"] in transfer.TARGET_METHODS[method].lr_grid
+        assert all(0.0 <= v <= 1.0 for v in (run.get("test"), run.get("target")) if v is not None)
