@@ -101,9 +101,8 @@ def grade_number(expected: float, tol: float = 0.0, what: str = "value") -> Call
         assert isinstance(answer, (int, float)) and not isinstance(answer, bool), (
             f"Expected a number for the {what}, got {type(answer).__name__}."
         )
-        if abs(answer - expected) > tol:
-            direction = "high" if answer > expected else "low"
-            raise AssertionError(f"Your {what} is too {direction}.")
+        # Never say which way the answer is off: that would let a learner find it by bisection.
+        assert abs(answer - expected) <= tol, f"Your {what} does not match; recompute it step by step."
 
     return grader
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+from course_meta import KERNELSPEC, REPO_URL
 
 ROOT = Path(__file__).resolve().parents[1]
-REPO_URL = "https://github.com/peft-from-scratch/peft-from-scratch"
 
 CELLS: list[tuple[str, str]] = [
 ("md", f"""# Lesson 06 — The PEFT design space: capacity, memory, speed
@@ -444,7 +444,7 @@ Does the generated task's verdict hold on real data? The ranks of section 2 answ
 
 def build() -> nbformat.NotebookNode:
     notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    notebook.metadata["kernelspec"] = KERNELSPEC
     notebook.cells = [nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
                       for kind, src in CELLS]
     return notebook

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+from course_meta import KERNELSPEC
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +93,7 @@ answer_q5 = "head only"
 
 if __name__ == "__main__":
     notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    notebook.metadata["kernelspec"] = KERNELSPEC
     notebook.cells = [nbformat.v4.new_markdown_cell(s) if k == "md" else nbformat.v4.new_code_cell(s) for k, s in CELLS]
     nbformat.write(notebook, ROOT / "solutions" / "06_design_space.ipynb")
     print("wrote solutions/06_design_space.ipynb")

@@ -11,6 +11,7 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import make_exercises  # noqa: E402
+from course_meta import KERNELSPEC  # noqa: E402
 
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
 
@@ -19,6 +20,12 @@ def test_every_lesson_has_a_practice_notebook():
     lessons = {p.name for p in (ROOT / "notebooks").glob("*.ipynb")}
     assert lessons and lessons == {p.name for p in SOLUTIONS}
     assert lessons == {p.name for p in (ROOT / "exercises").glob("*.ipynb")}
+
+
+@pytest.mark.parametrize("notebook", sorted(ROOT.glob("[nse]*/[0-9]*.ipynb")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_notebooks_name_the_kernel_jupyterlab_installs(notebook):
+    # Another display name ("Python 3") makes JupyterLab mark the notebook modified as it opens.
+    assert nbformat.read(notebook, as_version=4).metadata.kernelspec == KERNELSPEC
 
 
 def test_exercises_are_up_to_date():
