@@ -156,3 +156,20 @@ def summarize(stored: dict) -> dict[str, dict]:
                            "curves": [run["validation_curve"] for run in seeds],
                            "test": tests, "mean": mean, "std": std}
     return summary
+
+
+def format_grid(summary: dict[str, dict]) -> str:
+    """One line per method: final validation accuracy (seed 0) at each grid rate; ``*`` marks the chosen one."""
+    lines = []
+    for row in summary.values():
+        cells = [f"{lr:g}: {accuracy:.3f}{'*' if lr == row['lr'] else ' '}" for lr, accuracy in row["grid"].items()]
+        lines.append(f"{row['label']:<22} " + "   ".join(cells))
+    return "\n".join(lines)
+
+
+def format_results(summary: dict[str, dict]) -> str:
+    """One line per method: trainable parameters, chosen rate, test mean ± sample std over the seeds."""
+    lines = [f"{'method':<22} {'trainable':>10} {'lr':>7}   test accuracy (mean ± std, {len(SEEDS)} seeds)"]
+    for row in summary.values():
+        lines.append(f"{row['label']:<22} {row['trainable']:>10,} {row['lr']:>7g}   {row['mean']:.3f} ± {row['std']:.3f}")
+    return "\n".join(lines)

@@ -19,6 +19,8 @@ The methods (identifiers are keys of :data:`TARGET_METHODS`):
   (l = 20): the target alone, as in :mod:`peft_teach.protocol`.
 * ``fusion``: a fusion layer over the four source adapters (+ head), with fusion's
   pull of the value matrix toward identity (``fusion.value_regularization``).
+* ``fusion_average``: the averaging baseline; the same four adapters, each weighted 1/N
+  in every layer (no attention to learn), only a new head trains (its grid is the head's).
 * ``joint``: one adapter shared by the four sources *and* the target, one head per
   task; every step a batch of every task (Pfeiffer et al. 2021's MT-A baseline).
 * ``mt_prompt``: one soft prompt trained on the four sources together (stage 1, once,
@@ -96,6 +98,14 @@ def run_fusion(tokenizer, tasks, lr, seed, names=SOURCE_TASKS) -> dict:
     name = fusion.fusion_name(list(names))
     return protocol.fit(model, tasks[TARGET_TASK], lr, seed, tokenizer, budget=TARGET_BUDGET,
                         extra_loss=fusion.value_regularization(name))
+
+
+def run_fusion_average(tokenizer, tasks, lr, seed) -> dict:
+    """The averaging baseline: the four source adapters weighted 1/N each in every layer; only a new head trains."""
+    model = copy.deepcopy(_library(tokenizer))
+    fusion.add_fusion(model, list(SOURCE_TASKS), num_labels=len(label_names(tasks[TARGET_TASK])), seed=seed)
+    fusion.average_adapters(model, fusion.fusion_name(list(SOURCE_TASKS)))
+    return protocol.fit(model, tasks[TARGET_TASK], lr, seed, tokenizer, budget=TARGET_BUDGET, head_apart=False)
 
 
 def _multitask(model: nn.Module, tokenizer, tasks: dict[str, DatasetDict], lr: float, seed: int,
@@ -188,6 +198,8 @@ TARGET_METHODS: dict[str, TargetMethod] = {
     "soft_prompt": TargetMethod("soft prompt (target only)", protocol.METHODS["soft_prompt"].lr_grid,
                                 _alone("soft_prompt")),
     "fusion": TargetMethod("AdapterFusion (4 source adapters)", (1e-3, 3e-3, 1e-2), run_fusion),
+    "fusion_average": TargetMethod("average of the 4 adapters (no attention)", protocol.METHODS["head_only"].lr_grid,
+                                   run_fusion_average),
     "joint": TargetMethod("joint multi-task adapter", protocol.METHODS["pfeiffer"].lr_grid, run_joint),
     "mt_prompt": TargetMethod("multi-task prompt tuning", protocol.METHODS["soft_prompt"].lr_grid, run_mt_prompt),
 }

@@ -82,15 +82,9 @@ for method, spec in protocol.METHODS.items():
 
 Each cell is the final validation accuracy of seed 0; the chosen rate is marked `*`. A method whose best rate
 sits at the edge of its grid might do better outside it: the grid is small because each cell is a full training run."""),
-("code", """def grid_table(summary: dict) -> None:
-    for method, row in summary.items():
-        cells = [f"{lr:g}: {acc:.3f}{'*' if lr == row['lr'] else ' '}" for lr, acc in row["grid"].items()]
-        print(f"{row['label']:<22} " + "   ".join(cells))
-
-
-for task, summary in results.items():
+("code", """for task, summary in results.items():
     print(f"--- {stored[task]['recipe']['task']}")
-    grid_table(summary)"""),
+    print(protocol.format_grid(summary))"""),
 ("md", """### Did every method converge?
 
 Validation accuracy after each epoch, at the chosen learning rate (the three seeds). A curve still climbing at

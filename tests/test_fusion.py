@@ -10,6 +10,7 @@ from tiny_models import tiny_bert_classifier as tiny_model
 from peft_teach.measure import count_parameters
 from peft_teach.methods import adapters as A
 from peft_teach.methods import fusion as F
+from peft_teach.methods.inject import trainable_names
 from peft_teach.train import train
 
 D, LAYERS = 32, 2  # the tiny model's hidden size and depth
@@ -160,3 +161,15 @@ def test_extra_loss_works_with_train_loop():
                     extra_loss=F.value_regularization(name), device=torch.device("cpu"))
     assert len(history.train_loss) == 2
     assert history.trainable_parameters == LAYERS * F.fusion_layer_parameter_count(D) + D * 5 + 5
+
+
+def test_averaging_baseline_weights_every_adapter_equally_and_trains_only_the_head():
+    model = tiny_model()
+    for name in ("a", "b", "c"):
+        A.add_adapter(model, name, seed=len(name))
+        perturb(model, name, seed=ord(name))
+    F.add_fusion(model, ["a", "b", "c"])
+    F.average_adapters(model, "Fuse[a,b,c]")
+    weights = F.fusion_weights(model, "Fuse[a,b,c]", padded_batch())
+    assert torch.allclose(weights, torch.full_like(weights, 1 / 3))
+    assert trainable_names(model) == ["head.weight", "head.bias"]

@@ -112,3 +112,10 @@ def test_stored_protocol_runs_follow_the_current_recipe(name):
         method, lr, seed = key.split("|")
         assert method in protocol.METHODS and float(lr.removeprefix("lr=")) == run["lr"]
         assert 0.0 <= run["test"] <= 1.0 and len(run["validation_curve"]) == protocol.BUDGET["epochs"]
+
+
+def test_tables_mark_the_chosen_rate_and_print_mean_and_sample_std():
+    summary = protocol.summarize(fake_store())
+    chosen = protocol.METHODS["lora"].lr_grid[-1]
+    assert f"{chosen:g}: 0.700*" in protocol.format_grid(summary)
+    assert "0.767 ± 0.153" in protocol.format_results(summary)

@@ -29,6 +29,8 @@ One difference: AdapterHub applies dropout (p = attention_probs_dropout_prob)
 to the attention *scores* during training; we do not (it changes nothing in
 eval mode, where the parity test compares).
 
+:func:`average_adapters` turns a fusion into the averaging baseline (weights fixed at 1/N).
+
 Verbs, as for every method: ``add_fusion``, ``save_fusion`` / ``load_fusion`` (which
 refuses to load when the fused adapters are not on the model), ``remove_fusion``,
 :func:`fusion_parameter_count` (formula) and :func:`fusion_parameters` (measured).
@@ -228,6 +230,22 @@ def load_fusion(model: nn.Module, folder: str | Path) -> dict[str, FusionLayer]:
         load_into(layer, {k[len(prefix):]: v for k, v in own.items() if k.startswith(prefix)}, f"fusion {name}")
     load_head(model, head)  # the new adapter's head is the active one
     return added
+
+
+def average_adapters(model: nn.Module, name: str) -> list[str]:
+    """Turn fusion ``name`` into the averaging baseline: every adapter weighted 1/N; only the head trains.
+
+    A zero query makes every score 0, so the softmax gives each of the N adapters
+    weight 1/N, whatever the input; V becomes exactly the identity. What learned
+    fusion adds over this baseline is then the attention itself (Pfeiffer et al.
+    2021 compare fusion with such static mixing in their Sec. 3).
+    """
+    with torch.no_grad():
+        for layer in fusion_layers(model, name):
+            layer.query.weight.zero_()
+            layer.query.bias.zero_()
+            layer.value.weight.copy_(torch.eye(layer.value.weight.shape[0]))
+    return train_only(model, [])
 
 
 def value_regularization(name: str, weight: float = 0.01) -> Callable[[nn.Module], torch.Tensor]:
