@@ -1,18 +1,16 @@
-"""Execute notebooks in place, the way the tests will see them, and time them.
+"""Execute notebooks in place, the way the tests will see them.
 
     python scripts/execute_notebooks.py notebooks/00_setup_and_baselines.ipynb [...]
 
 Progress bars are switched off (PEFT_TEACH_PROGRESS=0) so stored outputs match
-what the tests produce. Each notebook's wall time is stored in its metadata
-(``peft_teach.runtime_seconds``) and appended to ``runtimes.json``.
+what the tests produce. The wall time is printed, not stored: the runtimes the
+course states come from the test run (conftest.py, scripts/publish_runtimes.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +19,6 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-ROOT = Path(__file__).resolve().parents[1]
-RUNTIMES = ROOT / "runtimes.json"
 
 
 def execute(path: Path, timeout: int = 3000) -> float:
@@ -40,7 +36,7 @@ def execute(path: Path, timeout: int = 3000) -> float:
         print(f"{path}: failed; partial outputs in {failed}")
         raise
     seconds = time.perf_counter() - start
-    notebook.metadata.setdefault("peft_teach", {})["runtime_seconds"] = round(seconds)
+    notebook.metadata.pop("peft_teach", None)  # runtimes live in runtimes.json only
     nbformat.write(notebook, path)
     return seconds
 
@@ -49,14 +45,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="+", type=Path)
     args = parser.parse_args()
-    runtimes = json.loads(RUNTIMES.read_text()) if RUNTIMES.exists() else {}
     for path in args.notebooks:
         seconds = execute(path)
-        key = str(path.resolve().relative_to(ROOT))
-        runtimes[key] = {"seconds": round(seconds), "cpu": platform.processor() or platform.machine(),
-                         "threads": os.cpu_count()}
-        print(f"{key}: {seconds:.0f} s")
-    RUNTIMES.write_text(json.dumps(dict(sorted(runtimes.items())), indent=2) + "\n")
+        print(f"{path}: {seconds:.0f} s")
 
 
 if __name__ == "__main__":

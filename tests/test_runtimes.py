@@ -1,0 +1,42 @@
+"""Runtimes: stated from one source (runtimes.json, published from a test run) and within budget."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import publish_runtimes  # noqa: E402
+
+RUNTIMES = json.loads((ROOT / "runtimes.json").read_text())
+LESSON_BUDGET_S, PRACTICE_BUDGET_S = 240, 60  # on a 2-core CPU (COURSE_DESIGN.md)
+
+
+def test_every_notebook_has_a_published_runtime():
+    expected = {str(p.relative_to(ROOT)) for p in publish_runtimes.notebooks()}
+    assert set(RUNTIMES["seconds"]) == expected, "Run `make test`, then `python scripts/publish_runtimes.py`."
+
+
+@pytest.mark.parametrize("path", sorted(RUNTIMES["seconds"]))
+def test_runtime_is_within_budget(path):
+    budget = LESSON_BUDGET_S if path.startswith("notebooks/") else PRACTICE_BUDGET_S
+    assert RUNTIMES["seconds"][path] <= budget, f"{path}: {RUNTIMES['seconds'][path]} s > {budget} s; make it faster"
+
+
+def test_readme_states_the_published_runtimes():
+    readme = (ROOT / "README.md").read_text()
+    assert publish_runtimes.SYLLABUS_ROW.search(readme) and publish_runtimes.README_PARAGRAPH.search(readme)
+    assert readme == publish_runtimes.expected_readme(readme, RUNTIMES), "python scripts/publish_runtimes.py"
+
+
+@pytest.mark.parametrize("lesson", sorted(ROOT.glob("notebooks/[0-9]*.ipynb")), ids=lambda p: p.name)
+def test_lesson_header_states_the_published_runtime(lesson):
+    first = nbformat.read(lesson, as_version=4).cells[0].source
+    assert publish_runtimes.HEADER.search(first), "the first cell needs a '**Runtime (measured):**' line"
+    key = str(lesson.relative_to(ROOT))
+    assert first == publish_runtimes.expected_first_cell(first, RUNTIMES, key), "python scripts/publish_runtimes.py"
