@@ -9,14 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
-from course_meta import KERNELSPEC, REPO_URL
+from course_meta import COLAB_NOTE, KERNELSPEC, colab_badge
 
 ROOT = Path(__file__).resolve().parents[1]
 
 CELLS: list[tuple[str, str]] = [
 ("md", f"""# Lesson 06 — The PEFT design space: capacity, memory, speed
 
-[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/peft-from-scratch/peft-from-scratch/blob/main/notebooks/06_design_space.ipynb)
+{colab_badge('notebooks/06_design_space.ipynb')}
 
 **You will learn to**
 - compare PEFT methods the way a researcher would sign: same data, budget, evaluation and seeds, a learning
@@ -32,7 +32,7 @@ CELLS: list[tuple[str, str]] = [
 **Runtime (measured):** see the README syllabus. The protocol's 2 × 45 training runs are precomputed
 (`make precompute`); this lesson re-trains one of them live and measures memory and speed on your machine.
 
-> On Colab: run `!pip install -q "peft-teach @ git+{REPO_URL}"` in a first cell."""),
+{COLAB_NOTE}"""),
 ("code", """import tempfile
 import warnings
 from pathlib import Path

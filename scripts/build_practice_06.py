@@ -5,20 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
-from course_meta import KERNELSPEC
+from course_meta import COLAB_NOTE, KERNELSPEC, colab_badge
 
 ROOT = Path(__file__).resolve().parents[1]
 
 CELLS = [
-("md", """# Practice 06 — The PEFT design space
+("md", f"""# Practice 06 — The PEFT design space
 
-[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/peft-from-scratch/peft-from-scratch/blob/main/exercises/06_design_space.ipynb)
+{colab_badge('exercises/06_design_space.ipynb')}
 
 Five short tasks on lesson 06. Write your code where it says `# TODO`, then run the check cell
 below it: it says **[not attempted]**, **[incorrect]** with a hint, or **[correct]**.
 
 **Prerequisites:** lesson 06 (`notebooks/06_design_space.ipynb`). **Runtime:** under a minute on a 2-core CPU
-(task 4 runs MiniLM once)."""),
+(task 4 runs MiniLM once).
+
+{COLAB_NOTE}"""),
 ("code", """import math
 
 import torch
