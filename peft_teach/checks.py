@@ -44,8 +44,8 @@ def compare(name: str, ours: torch.Tensor, reference: torch.Tensor, atol: float 
 def expect_close(name: str, value: float, reference: float, tol: float) -> None:
     """Assert ``|value - reference| <= tol`` and print the (value-free) outcome.
 
-    The printed line shows the reference and the tolerance, not the measured
-    value: it is identical on every machine that passes, which keeps stored
+    The printed line shows the reference (3 significant digits) and the tolerance,
+    not the measured value: it is identical on every machine that passes, which keeps stored
     notebook outputs valid on CPUs and GPUs alike. Print the value itself in a
     cell whose output the tests ignore.
     """
@@ -55,7 +55,7 @@ def expect_close(name: str, value: float, reference: float, tol: float) -> None:
             "Different library versions or hardware can move results a little; "
             "a large gap usually means a bug or a changed setting."
         )
-    print(f"[OK] {name} within {tol} of the reference {reference}")
+    print(f"[OK] {name} within {tol} of the reference {reference:.3g}")
 
 
 class NotAttempted(Exception):
