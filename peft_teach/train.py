@@ -306,8 +306,15 @@ def train_multitask(
 
 
 def _progress(total: int):
+    """A plain-text progress bar (on stdout), or None when switched off.
+
+    Text, not a notebook widget: a saved notebook keeps a widget bar's view but not
+    its state, so on reopening it shows "Error displaying widget: model not found".
+    """
     if not progress_enabled():
         return None
-    from tqdm.auto import tqdm
+    import sys
 
-    return tqdm(total=total, desc="training", leave=False)
+    from tqdm.std import tqdm
+
+    return tqdm(total=total, desc="training", leave=False, file=sys.stdout, mininterval=0.5)
