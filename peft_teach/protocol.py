@@ -137,11 +137,15 @@ def save_for_task(method: str, model: nn.Module, folder) -> int:
     return sum(file.stat().st_size for file in folder.iterdir())
 
 
-def summarize(stored: dict) -> dict[str, dict]:
-    """Per method, from a stored protocol run: the grid, the chosen lr, the curves, test mean ± std."""
+def summarize(stored: dict, methods: dict | None = None) -> dict[str, dict]:
+    """Per method, from a stored protocol run: the grid, the chosen lr, the curves, test mean ± std.
+
+    ``methods`` (default :data:`METHODS`) maps identifiers to anything with a ``label``
+    and an ``lr_grid``, e.g. ``peft_teach.transfer.TARGET_METHODS``.
+    """
     runs = stored["runs"]
     summary = {}
-    for method, spec in METHODS.items():
+    for method, spec in (methods or METHODS).items():
         grid = {lr: runs.get(f"{method}|lr={lr:g}|seed={SEEDS[0]}") for lr in spec.lr_grid}
         if any(run is None for run in grid.values()):
             continue  # not precomputed (yet)
@@ -154,7 +158,7 @@ def summarize(stored: dict) -> dict[str, dict]:
         summary[method] = {"label": spec.label, "lr": lr, "trainable": seeds[0]["trainable"],
                            "grid": {g: run["validation"] for g, run in grid.items()},
                            "curves": [run["validation_curve"] for run in seeds],
-                           "test": tests, "mean": mean, "std": std}
+                           "test": tests, "mean": mean, "std": std, "runs": seeds}
     return summary
 
 

@@ -203,3 +203,35 @@ TARGET_METHODS: dict[str, TargetMethod] = {
     "joint": TargetMethod("joint multi-task adapter", protocol.METHODS["pfeiffer"].lr_grid, run_joint),
     "mt_prompt": TargetMethod("multi-task prompt tuning", protocol.METHODS["soft_prompt"].lr_grid, run_mt_prompt),
 }
+
+
+def _at_seeds(runs: dict, key: str, lr: float) -> list[dict] | None:
+    found = [runs.get(f"{key}|lr={lr:g}|seed={seed}") for seed in protocol.SEEDS]
+    return None if any(run is None for run in found) else found
+
+
+def summarize(stored: dict) -> dict:
+    """The target methods (as ``protocol.summarize``) and the three transfer measurements, where stored.
+
+    ``negative_transfer``: per source task, its test accuracies under joint training and
+    alone; ``fusion_without``: fusion's test accuracies with one source adapter left
+    out; ``forgetting``: sequential full fine-tuning's sentiment accuracy before/after.
+    """
+    runs = stored["runs"]
+    methods = protocol.summarize(stored, TARGET_METHODS)
+    summary = {"methods": methods}
+    if "joint" in methods:
+        joint = methods["joint"]
+        alone = {task: _at_seeds(runs, f"source_alone={task}", joint["lr"]) for task in SOURCE_TASKS}
+        summary["negative_transfer"] = {
+            task: {"joint": [run["sources"][task] for run in joint["runs"]], "alone": [run["test"] for run in alone[task]]}
+            for task in SOURCE_TASKS if alone[task] is not None}
+    if "fusion" in methods:
+        summary["fusion_without"] = {
+            task: [run["test"] for run in found] for task in LEFT_OUT
+            if (found := _at_seeds(runs, f"fusion_without={task}", methods["fusion"]["lr"])) is not None}
+    if "full_ft" in methods:
+        found = _at_seeds(runs, "sequential_full_ft", methods["full_ft"]["lr"])
+        if found is not None:
+            summary["forgetting"] = {key: [run[key] for run in found] for key in ("source_before", "source_after", "target")}
+    return summary

@@ -102,3 +102,30 @@ def test_stored_transfer_runs_follow_the_current_recipe():
         if method in transfer.TARGET_METHODS:
             assert run["lr"] in transfer.TARGET_METHODS[method].lr_grid
         assert all(0.0 <= v <= 1.0 for v in (run.get("test"), run.get("target")) if v is not None)
+
+
+def fake_transfer_store() -> dict:
+    runs = {}
+    for method, spec in transfer.TARGET_METHODS.items():
+        for lr in spec.lr_grid:
+            runs[f"{method}|lr={lr:g}|seed=0"] = {"lr": lr, "validation": 0.5 if lr != spec.lr_grid[1] else 0.8,
+                                                  "test": 0.7, "validation_curve": [0.5], "trainable": 1,
+                                                  "sources": {t: 0.9 for t in data.SOURCE_TASKS}}
+        for seed in (1, 2):
+            runs[f"{method}|lr={spec.lr_grid[1]:g}|seed={seed}"] = {
+                "lr": spec.lr_grid[1], "validation": 0.8, "test": 0.6 + 0.1 * seed, "validation_curve": [0.5],
+                "trainable": 1, "sources": {t: 0.8 for t in data.SOURCE_TASKS}}
+    joint_lr = transfer.TARGET_METHODS["joint"].lr_grid[1]
+    for seed in protocol.SEEDS:
+        for task in data.SOURCE_TASKS:
+            runs[f"source_alone={task}|lr={joint_lr:g}|seed={seed}"] = {"test": 0.95}
+    return {"runs": runs}
+
+
+def test_summary_pairs_each_source_under_joint_training_with_the_same_source_alone():
+    summary = transfer.summarize(fake_transfer_store())
+    assert set(summary["methods"]) == set(transfer.TARGET_METHODS)
+    assert summary["methods"]["fusion"]["lr"] == transfer.TARGET_METHODS["fusion"].lr_grid[1]  # best validation
+    assert summary["negative_transfer"]["aspect"] == {"joint": [0.9, 0.8, 0.8], "alone": [0.95] * 3}
+    assert "fusion_without" not in summary or summary["fusion_without"] == {}  # not stored: left out
+    assert "forgetting" not in summary
