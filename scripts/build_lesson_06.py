@@ -41,7 +41,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from peft_teach import precomputed, protocol
+from peft_teach import precomputed, protocol, transfer
 from peft_teach.checks import expect_close
 from peft_teach.data import load_task
 from peft_teach.measure import compare_latency, compare_train_step, format_mb, training_memory
@@ -402,6 +402,96 @@ Does the generated task's verdict hold on real data? The ranks of section 2 answ
         a, b = ranks["sentiment"][method], ranks["sst2"][method]
         note = "same rank" if a == b else ("better on SST-2" if b < a else "worse on SST-2")
         print(f"{protocol.METHODS[method].label:<22} rank {a} (generated) vs {b} (SST-2): {note}")"""),
+("md", """## 8. Many tasks on one model: seed 001's comparison, measured
+
+The course's design seed (seed 001) compares four ways to use several source tasks for a new, low-resource one,
+with a claim in every row. Here each row gets the value we measured. The setting: four source tasks (sentiment,
+aspect, topic, negation; 1,200 reviews each) and the target `routing` (256 training reviews: which team must act
+on a review, so it needs sentiment *and* aspect). Every method follows the protocol on the target: 320 steps of
+batch 16, its own learning rate chosen on validation, test mean ± sample std over 3 seeds
+(`peft_teach.transfer`, precomputed by `python scripts/precompute.py transfer_routing`).
+
+- **AdapterFusion**: the four source adapters (lesson 01) stay frozen; a fusion layer learns to mix them.
+- **Joint multi-task training**: one adapter shared by all five tasks, one head each, trained together.
+- **Single adapter per task**: a new adapter on the target only (no source knowledge).
+- **Multi-task prompt tuning**: one soft prompt trained on the four sources together, then tuned on the target."""),
+("code", """try:
+    routing_runs = precomputed.load("transfer_routing")
+except FileNotFoundError:
+    routing_runs = {"runs": {}}
+shared = transfer.summarize(routing_runs)
+print(protocol.format_results(shared["methods"]) if shared["methods"] else "not precomputed yet")"""),
+("code", """fig, ax = plt.subplots(figsize=(7.5, 3.6))
+for index, (method, row) in enumerate(shared["methods"].items()):
+    curves = np.array(row["curves"])
+    epochs = np.arange(1, curves.shape[1] + 1) * 16   # 16 steps per epoch on 256 examples
+    ax.plot(epochs, curves.mean(0), color=f"C{index}", label=row["label"])
+    ax.fill_between(epochs, curves.min(0), curves.max(0), color=f"C{index}", alpha=0.12)
+ax.set_xlabel("training steps on the target (batch 16)")
+ax.set_ylabel("validation accuracy")
+ax.set_title("routing: how fast each method learns from 256 examples (mean, min-max of 3 seeds)")
+ax.legend(fontsize=7, loc="lower right")
+plt.tight_layout()
+plt.show()"""),
+("md", """The table below puts seed 001's claims beside our measurements. Rows whose value depends on this machine's
+timing (inference overhead) come from section 4's ratios; everything else is stored."""),
+("code", """# NBVAL_IGNORE_OUTPUT
+# (the inference row uses this run's timings; every other value is stored)
+m = shared["methods"]
+full = m["full_ft"]["mean"] if "full_ft" in m else float("nan")
+
+
+def pct(method: str) -> str:
+    return f"{100 * m[method]['mean'] / full:.0f}% ({m[method]['mean']:.3f} ± {m[method]['std']:.3f})" if method in m else "not stored"
+
+
+rows = {
+    "performance as % of full FT": ("95% / varies / 90-95% / 85-92%",
+                                    [pct("fusion"), pct("joint"), pct("adapter"), pct("mt_prompt")]),
+    "trainable parameters on the target": ("few / all shared / few / fewest",
+                                           [f"{m[k]['trainable']:,}" if k in m else "-" for k in ("fusion", "joint", "adapter", "mt_prompt")]),
+    "inference cost / base (batch 32)": ("N adapters + fusion / 1 adapter / 1 adapter / longer input",
+                                         [f"{fusion_ratio['fusion N=4']:.2f}", f"{speed['batch 32']['pfeiffer']:.2f}",
+                                          f"{speed['batch 32']['pfeiffer']:.2f}", f"{speed['batch 32']['soft_prompt']:.2f}"]),
+}
+print(f"{'row':<36} {'claim (fusion / joint / single / MT prompt)':<58}")
+for row, (claim, measured) in rows.items():
+    print(f"{row:<36} {claim}")
+    print(f"{'':<36} measured: {' / '.join(measured)}")"""),
+("md", """**Negative transfer.** Training one adapter on five tasks at once can hurt a task that trains well alone. For
+each source task: its test accuracy under joint training, and with its own adapter trained alone for the same
+steps at the same learning rate."""),
+("code", """for task, pair in shared.get("negative_transfer", {}).items():
+    joint_mean, joint_std = protocol.mean_std(pair["joint"])
+    alone_mean, alone_std = protocol.mean_std(pair["alone"])
+    print(f"{task:<10} joint {joint_mean:.3f} ± {joint_std:.3f}   alone {alone_mean:.3f} ± {alone_std:.3f}   "
+          f"difference {joint_mean - alone_mean:+.3f}")
+if not shared.get("negative_transfer"):
+    print("not precomputed yet")"""),
+("md", """**Knowledge composition.** If fusion really composes what the adapters know, removing the adapter that
+carries what `routing` needs (aspect) should cost much more than removing one it does not need (topic). And if
+the learned attention matters, fusion should beat a plain average of the four adapters."""),
+("code", """if "fusion" in m:
+    print(f"{'fusion over all 4 adapters':<34} {m['fusion']['mean']:.3f} ± {m['fusion']['std']:.3f}")
+    for task, tests in shared.get("fusion_without", {}).items():
+        mean, std = protocol.mean_std(tests)
+        print(f"{'fusion without ' + task:<34} {mean:.3f} ± {std:.3f}")
+    if "fusion_average" in m:
+        print(f"{'average of the 4 (no attention)':<34} {m['fusion_average']['mean']:.3f} ± {m['fusion_average']['std']:.3f}")"""),
+("md", """**Catastrophic forgetting and the cost of one more task.** Fusion and single adapters never touch what is
+already trained: a source adapter gives the same outputs before and after the target is learned, by construction
+(its weights are frozen). Joint training must retrain everything to add or remove a task. Full fine-tuning, run
+sequentially (sentiment, then routing), overwrites the shared weights: its sentiment accuracy before and after
+is below."""),
+("code", """forgetting = shared.get("forgetting")
+if forgetting:
+    for key in ("source_before", "source_after", "target"):
+        mean, std = protocol.mean_std(forgetting[key])
+        print(f"sequential full FT, {key.replace('_', ' '):<14} {mean:.3f} ± {std:.3f}")
+steps_alone = transfer.STEPS
+print(f"adding a task: fusion = 1 new adapter + a new fusion ({steps_alone} steps each); "
+      f"joint = retrain on all tasks ({steps_alone} steps x every task's batch); "
+      f"single adapter or prompt = {steps_alone} steps on the new task only")"""),
 ("md", """## Summary
 
 - One protocol for every method (same data, budget, seeds; a learning rate per method chosen on validation;
