@@ -6,6 +6,7 @@
     python scripts/precompute.py prefix_methods    # lesson 04: 3 methods x 3 seeds, short and long inputs
     python scripts/precompute.py protocol_sentiment protocol_sst2   # lesson 06: every method under the protocol
     python scripts/precompute.py transfer_routing  # lessons 02 and 06: the target task with and without sources
+    python scripts/precompute.py length_tradeoff   # lesson 04: short and long inputs, and a long prefix
 
 Each writes ``peft_teach/precomputed/<name>.json`` with the results, the recipe and
 how long it took. The protocol and transfer jobs are long (9 methods x (3 learning
@@ -26,7 +27,7 @@ import torch
 
 from pathlib import Path
 
-from peft_teach import experiments, protocol, transfer
+from peft_teach import experiments, lengths, protocol, transfer
 from peft_teach.data import SOURCE_TASKS, load_task, load_tsv_task
 from peft_teach.models import load_tokenizer
 from peft_teach.precomputed import path
@@ -188,10 +189,22 @@ def protocol_sst2(tokenizer) -> None:
                  f"SST-2 sample (real movie-review sentences), first {TRAIN_EXAMPLES:,} training sentences")
 
 
+def length_tradeoff(tokenizer) -> None:
+    """Lesson 04: prefix tuning, PT+ and LoRA trained on short and on long inputs, and a long prefix; resumable."""
+    tasks = {"short": load_task("sentiment"), "long": load_task("sentiment_long")}
+    recipe = {"tasks": {"short": "sentiment", "long": "sentiment_long"}, "budgets": lengths.BUDGETS,
+              "head_lr": protocol.HEAD_LR, "seeds": list(protocol.SEEDS),
+              "lr_grid": {key: list(spec.lr_grid) for key, spec in lengths.LENGTH_RUNS.items()},
+              "selection": "final validation accuracy of seed 0 (on the inputs it trains on); ties to the smaller rate",
+              "metric": "test accuracy on the inputs it trains on (test) and on the other length (other_test)"}
+    store = ResumableStore("length_tradeoff", recipe)
+    grid_then_seeds(store, lengths.LENGTH_RUNS, lambda key, lr, seed: lengths.run(key, tasks, lr, seed, tokenizer))
+
+
 JOBS = {"fusion_comparison": fusion_comparison, "lora_sweep": lora_sweep, "prefix_lengths": prefix_lengths,
         "prefix_methods": prefix_methods}
 RESUMABLE = {"protocol_sentiment": protocol_sentiment, "protocol_sst2": protocol_sst2,
-             "transfer_routing": transfer_routing}
+             "transfer_routing": transfer_routing, "length_tradeoff": length_tradeoff}
 
 
 def main() -> None:

@@ -1,0 +1,71 @@
+"""Prefix tuning's length trade-off, measured under the protocol (lesson 04).
+
+A prefix shares one softmax with the input: on long inputs each prefix slot gets a
+smaller share of attention; on short inputs a long prefix can swamp the input.
+Prefix-Tuning+ (Wang et al., 2025) moves the prefix's contribution outside the softmax.
+These runs test both halves of the trade-off with :mod:`peft_teach.protocol`'s rules
+(a learning rate per method chosen on validation with seed 0, test mean ± sample std
+over seeds 0-2, the head at ``protocol.HEAD_LR``):
+
+* three methods with exactly 73,728 trainable parameters (+ the head): prefix tuning
+  (l = 16), Prefix-Tuning+ and LoRA (r = 8 on query and value), each trained on short
+  reviews (``sentiment``, the protocol's 300 steps) **and** on long ones
+  (``sentiment_long``: the same sentiment clause among 16-20 neutral sentences, >= 128
+  tokens; 4 epochs of batch 16 = 152 steps, the same 4 passes over the data);
+* every run is also tested on the other length (``other_test``);
+* a long prefix (l = 64) on the short reviews: the other half of the trade-off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from datasets import DatasetDict
+from torch import nn
+
+from peft_teach import protocol
+from peft_teach.methods import lora, prefix, prefix_plus
+from peft_teach.models import build_classifier
+from peft_teach.train import evaluate
+
+LONG_BUDGET = dict(epochs=4, batch_size=16)  # 152 steps on the 600 long training reviews
+BUDGETS = {"short": protocol.BUDGET, "long": LONG_BUDGET}
+
+
+@dataclass(frozen=True)
+class LengthRun:
+    label: str
+    lr_grid: tuple[float, ...]
+    add: Callable[[nn.Module, int], object]
+    train_on: str  # "short" or "long"
+
+
+def _prefix(length: int) -> Callable[[nn.Module, int], object]:
+    return lambda model, seed: prefix.add_prefix(model, length=length, seed=seed)
+
+
+_METHODS = {
+    "prefix": ("prefix (l=16)", protocol.METHODS["prefix"].lr_grid, _prefix(16)),
+    "prefix_plus": ("Prefix-Tuning+", protocol.METHODS["prefix_plus"].lr_grid,
+                    lambda model, seed: prefix_plus.add_prefix_plus(model, seed=seed)),
+    "lora": ("LoRA (r=8, q+v)", protocol.METHODS["lora"].lr_grid,
+             lambda model, seed: lora.add_lora(model, ("query", "value"), r=8, seed=seed)),
+}
+# Identifiers read "<method>@<inputs it trains on>".
+LENGTH_RUNS: dict[str, LengthRun] = {
+    f"{method}@{inputs}": LengthRun(f"{label}, trained on {inputs}", grid, add, inputs)
+    for inputs in ("short", "long") for method, (label, grid, add) in _METHODS.items()
+}
+LENGTH_RUNS["prefix_64@short"] = LengthRun("prefix (l=64), trained on short", protocol.METHODS["prefix"].lr_grid,
+                                           _prefix(64), "short")
+
+
+def run(key: str, tasks: dict[str, DatasetDict], lr: float, seed: int, tokenizer) -> dict:
+    """Train ``LENGTH_RUNS[key]`` once; its protocol numbers plus the test accuracy on the other length."""
+    spec = LENGTH_RUNS[key]
+    other = "long" if spec.train_on == "short" else "short"
+    model = build_classifier(2, seed=seed)
+    spec.add(model, seed)
+    result = protocol.fit(model, tasks[spec.train_on], lr, seed, tokenizer, budget=BUDGETS[spec.train_on])
+    return {**result, "other_test": evaluate(model, tasks[other]["test"], tokenizer)}

@@ -1,0 +1,38 @@
+"""The length trade-off runs of lesson 04: equal budgets, both lengths, a long prefix."""
+
+from __future__ import annotations
+
+import pytest
+from datasets import DatasetDict
+
+from peft_teach import data, lengths
+from peft_teach.models import build_classifier
+
+
+@pytest.mark.parametrize("key", [k for k in lengths.LENGTH_RUNS if not k.startswith("prefix_64")])
+def test_the_three_methods_train_exactly_73728_parameters_besides_the_head(key):
+    model = build_classifier(2, seed=0)
+    lengths.LENGTH_RUNS[key].add(model, 0)
+    trainable = {name: p.numel() for name, p in model.named_parameters() if p.requires_grad}
+    assert sum(n for name, n in trainable.items() if not name.startswith("head.")) == 73_728
+
+
+def test_the_long_prefix_has_four_times_the_slots():
+    model = build_classifier(2, seed=0)
+    lengths.LENGTH_RUNS["prefix_64@short"].add(model, 0)
+    assert model.prefix.prefix.shape[2] == 64
+
+
+def test_every_method_trains_on_both_lengths():
+    trained_on = {}
+    for key, spec in lengths.LENGTH_RUNS.items():
+        trained_on.setdefault(key.split("@")[0], set()).add(spec.train_on)
+    assert all(trained_on[m] == {"short", "long"} for m in ("prefix", "prefix_plus", "lora"))
+
+
+def test_a_run_is_also_tested_on_the_other_length(tokenizer, monkeypatch):
+    monkeypatch.setitem(lengths.BUDGETS, "long", dict(epochs=1, batch_size=8))
+    tiny = {name: DatasetDict({split: rows.select(range(8)) for split, rows in data.load_task(task).items()})
+            for name, task in (("short", "sentiment"), ("long", "sentiment_long"))}
+    result = lengths.run("lora@long", tiny, 1e-3, seed=0, tokenizer=tokenizer)
+    assert 0.0 <= result["other_test"] <= 1.0 and len(result["validation_curve"]) == 1
