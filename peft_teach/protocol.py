@@ -6,10 +6,13 @@ Lesson 06 (and the corrected lessons 02-04) compare methods only under these rul
   evaluation and seeds for every method (:data:`BUDGET`, :data:`SEEDS`).
 * **Each method gets its own learning rate**, chosen on the *validation* split from a
   small grid (:attr:`MethodSpec.lr_grid`) with seed 0; the grid's scores are stored and
-  shown. The head, a fresh linear layer in every method, always trains at
+  shown. When the best rate sits at the edge of the grid, the grid grows one step that
+  way (:func:`rate_beyond_edge`, at most twice). The head, a fresh linear layer in every method, always trains at
   :data:`HEAD_LR` (head-only training has no other parameters: its grid *is* the head's).
 * **Converged budgets.** Validation accuracy is recorded after every epoch, so the
-  learning curves show whether a method is still climbing when the budget ends.
+  learning curves show whether a method is still climbing when the budget ends; a
+  method still climbing (:func:`still_climbing`) gets a probe with 4x the epochs
+  (seed 0), stored beside its runs, so we know what the budget cost it.
 * **Reported on test**, at the chosen learning rate, as mean ± sample standard
   deviation (ddof = 1) over the seeds. Selecting on validation and reporting on test
   keeps the selection from flattering the number.
@@ -19,6 +22,7 @@ Methods are keyed by identifiers (``"lora"``); :attr:`MethodSpec.label` is for d
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,6 +106,36 @@ def choose_lr(grid_runs: list[dict]) -> float:
     return max(sorted(grid_runs, key=lambda r: r["lr"]), key=lambda r: r["validation"])["lr"]
 
 
+def rate_beyond_edge(tried: list[float], chosen: float) -> float | None:
+    """If ``chosen`` is the smallest or largest rate tried, the next one out; else None.
+
+    A best rate at the edge of its grid says the optimum may lie outside it, so the
+    grid grows by one half-decade step that way (rates follow 1, 3, 10, 30, ...).
+    """
+    if chosen not in (min(tried), max(tried)) or len(tried) < 2:
+        return None
+    exponent = math.floor(math.log10(chosen) + 1e-9)
+    first_digit_is_one = chosen / 10**exponent < 2
+    if chosen == min(tried):
+        return float(f"{(3 * 10**(exponent - 1) if first_digit_is_one else 10**exponent):.0e}")
+    return float(f"{(3 * 10**exponent if first_digit_is_one else 10**(exponent + 1)):.0e}")
+
+
+def still_climbing(curves: list[list[float]], threshold: float = 0.01) -> bool:
+    """True when validation accuracy still rose by more than ``threshold`` in the last epoch (mean over seeds)."""
+    return statistics.mean(curve[-1] - curve[-2] for curve in curves) > threshold
+
+
+def grid_runs(runs: dict, method: str) -> dict[float, dict]:
+    """Every stored seed-0 run of ``method`` without a changed budget: its learning-rate grid, extensions included."""
+    found = {}
+    for key, run in runs.items():
+        name, lr, seed = (key.split("|") + ["", ""])[:3]
+        if name == method and seed == f"seed={SEEDS[0]}" and key.count("|") == 2:
+            found[run["lr"]] = run
+    return dict(sorted(found.items()))
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and *sample* standard deviation (ddof = 1)."""
     return statistics.mean(values), statistics.stdev(values)
@@ -146,8 +180,8 @@ def summarize(stored: dict, methods: dict | None = None) -> dict[str, dict]:
     runs = stored["runs"]
     summary = {}
     for method, spec in (methods or METHODS).items():
-        grid = {lr: runs.get(f"{method}|lr={lr:g}|seed={SEEDS[0]}") for lr in spec.lr_grid}
-        if any(run is None for run in grid.values()):
+        grid = grid_runs(runs, method)
+        if not set(spec.lr_grid) <= set(grid):
             continue  # not precomputed (yet)
         lr = choose_lr(list(grid.values()))
         seeds = [runs.get(f"{method}|lr={lr:g}|seed={seed}") for seed in SEEDS]

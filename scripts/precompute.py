@@ -94,6 +94,18 @@ def machine_info() -> dict:
             "torch": torch.__version__, "device": str(get_device())}
 
 
+DESCRIPTIVE = ("selection", "metric", "task")  # recipe entries that describe, but do not change, a run
+
+
+def settings(recipe: dict) -> dict:
+    """What decides a run's numbers: the recipe without its descriptions."""
+    return {key: value for key, value in recipe.items() if key not in DESCRIPTIVE}
+
+
+SELECTION = ("final validation accuracy of seed 0, ties to the smaller learning rate; a best rate at the edge "
+             "of the grid adds the next half-decade rate beyond it (at most twice)")
+
+
 class ResumableStore:
     """``peft_teach/precomputed/<name>.json``, written after every finished run.
 
@@ -104,7 +116,9 @@ class ResumableStore:
     def __init__(self, name: str, recipe: dict):
         self.name, self.file = name, path(name)
         stored = json.loads(self.file.read_text()) if self.file.exists() else {}
-        if stored.get("recipe") != recipe:
+        if stored and settings(stored["recipe"]) == settings(recipe):
+            stored["recipe"] = recipe  # only the wording changed: every stored run is still valid
+        else:
             stored = {"recipe": recipe, "runs": {}, "machine": machine_info(), "seconds": 0}
         self.stored = stored
 
@@ -126,16 +140,33 @@ def run_key(method: str, lr: float, seed: int) -> str:
     return f"{method}|lr={lr:g}|seed={seed}"
 
 
-def grid_then_seeds(store: ResumableStore, methods: dict, run) -> dict[str, float]:
-    """Each method's grid with seed 0, then the other seeds at the rate chosen on validation."""
+def grid_then_seeds(store: ResumableStore, methods: dict, run, extensions: int = 2) -> dict[str, float]:
+    """Each method's grid with seed 0 (grown past an edge winner), then the other seeds at the chosen rate."""
     chosen = {}
+    first = protocol.SEEDS[0]
     for method, spec in methods.items():
-        grid = [store.get(run_key(method, lr, protocol.SEEDS[0]), lambda: run(method, lr, protocol.SEEDS[0]))
-                for lr in spec.lr_grid]
-        chosen[method] = protocol.choose_lr(grid)
+        tried = {lr: store.get(run_key(method, lr, first), lambda: run(method, lr, first)) for lr in spec.lr_grid}
+        for _ in range(extensions):
+            beyond = protocol.rate_beyond_edge(list(tried), protocol.choose_lr(list(tried.values())))
+            if beyond is None:
+                break
+            tried[beyond] = store.get(run_key(method, beyond, first), lambda: run(method, beyond, first))
+        chosen[method] = protocol.choose_lr(list(tried.values()))
         for seed in protocol.SEEDS[1:]:
             store.get(run_key(method, chosen[method], seed), lambda: run(method, chosen[method], seed))
     return chosen
+
+
+PROBE_EPOCHS_FACTOR = 4
+
+
+def probe_the_still_climbing(store: ResumableStore, chosen: dict[str, float], train_longer) -> None:
+    """A method whose curves still rise at the end of the budget: one seed-0 run with 4x the epochs."""
+    epochs = PROBE_EPOCHS_FACTOR * protocol.BUDGET["epochs"]
+    for method, lr in chosen.items():
+        curves = [store.stored["runs"][run_key(method, lr, seed)]["validation_curve"] for seed in protocol.SEEDS]
+        if protocol.still_climbing(curves):
+            store.get(f"{run_key(method, lr, protocol.SEEDS[0])}|epochs={epochs}", lambda: train_longer(method, lr, epochs))
 
 
 def run_protocol(name: str, data, tokenizer, description: str) -> None:
@@ -144,10 +175,14 @@ def run_protocol(name: str, data, tokenizer, description: str) -> None:
               "lr_grid": {m: list(spec.lr_grid) for m, spec in protocol.METHODS.items()},
               "train_examples": len(data["train"]), "validation_examples": len(data["validation"]),
               "test_examples": len(data["test"]),
-              "selection": "final validation accuracy of seed 0; ties to the smaller learning rate",
+              "selection": SELECTION + "; a method still rising in its last epoch gets one seed-0 run with "
+                           f"{PROBE_EPOCHS_FACTOR}x the epochs",
               "metric": "accuracy; validation after every epoch, test at the end"}
     store = ResumableStore(name, recipe)
-    grid_then_seeds(store, protocol.METHODS, lambda method, lr, seed: protocol.run(method, data, lr, seed, tokenizer))
+    chosen = grid_then_seeds(store, protocol.METHODS,
+                             lambda method, lr, seed: protocol.run(method, data, lr, seed, tokenizer))
+    probe_the_still_climbing(store, chosen, lambda method, lr, epochs: protocol.run(
+        method, data, lr, protocol.SEEDS[0], tokenizer, budget={**protocol.BUDGET, "epochs": epochs}))
 
 
 def transfer_routing(tokenizer) -> None:
@@ -158,8 +193,7 @@ def transfer_routing(tokenizer) -> None:
               "lr_grid": {m: list(spec.lr_grid) for m, spec in transfer.TARGET_METHODS.items()},
               "source_adapters": experiments.SOURCE_RECIPES, "prompt_length": transfer.PROMPT_LENGTH,
               "mt_prompt_stage1_lr": transfer.MT_PROMPT_STAGE1_LR, "left_out": list(transfer.LEFT_OUT),
-              "selection": "final validation accuracy of seed 0; ties to the smaller learning rate",
-              "metric": "accuracy on the full test splits"}
+              "selection": SELECTION, "metric": "accuracy on the full test splits"}
     store = ResumableStore("transfer_routing", recipe)
     methods = transfer.TARGET_METHODS
     chosen = grid_then_seeds(store, methods, lambda method, lr, seed: methods[method].run(tokenizer, tasks, lr, seed))
@@ -195,7 +229,7 @@ def length_tradeoff(tokenizer) -> None:
     recipe = {"tasks": {"short": "sentiment", "long": "sentiment_long"}, "budgets": lengths.BUDGETS,
               "head_lr": protocol.HEAD_LR, "seeds": list(protocol.SEEDS),
               "lr_grid": {key: list(spec.lr_grid) for key, spec in lengths.LENGTH_RUNS.items()},
-              "selection": "final validation accuracy of seed 0 (on the inputs it trains on); ties to the smaller rate",
+              "selection": SELECTION + " (validation on the inputs it trains on)",
               "metric": "test accuracy on the inputs it trains on (test) and on the other length (other_test)"}
     store = ResumableStore("length_tradeoff", recipe)
     grid_then_seeds(store, lengths.LENGTH_RUNS, lambda key, lr, seed: lengths.run(key, tasks, lr, seed, tokenizer))

@@ -109,9 +109,10 @@ def test_stored_protocol_runs_follow_the_current_recipe(name):
     assert recipe["head_lr"] == protocol.HEAD_LR and recipe["seeds"] == list(protocol.SEEDS)
     assert recipe["lr_grid"] == {m: list(spec.lr_grid) for m, spec in protocol.METHODS.items()}
     for key, run in stored["runs"].items():
-        method, lr, seed = key.split("|")
+        method, lr, seed, *probe = key.split("|")
         assert method in protocol.METHODS and float(lr.removeprefix("lr=")) == run["lr"]
-        assert 0.0 <= run["test"] <= 1.0 and len(run["validation_curve"]) == protocol.BUDGET["epochs"]
+        epochs = int(probe[0].removeprefix("epochs=")) if probe else protocol.BUDGET["epochs"]
+        assert 0.0 <= run["test"] <= 1.0 and len(run["validation_curve"]) == epochs
 
 
 def test_tables_mark_the_chosen_rate_and_print_mean_and_sample_std():
@@ -119,3 +120,29 @@ def test_tables_mark_the_chosen_rate_and_print_mean_and_sample_std():
     chosen = protocol.METHODS["lora"].lr_grid[-1]
     assert f"{chosen:g}: 0.700*" in protocol.format_grid(summary)
     assert "0.767 ± 0.153" in protocol.format_results(summary)
+
+
+@pytest.mark.parametrize("tried, chosen, beyond", [
+    ((1e-3, 3e-3, 1e-2), 1e-2, 3e-2), ((1e-3, 3e-3, 1e-2), 1e-3, 3e-4), ((0.03, 0.1, 0.3), 0.03, 0.01),
+    ((0.03, 0.1, 0.3), 0.3, 1.0), ((3e-5, 1e-4, 3e-4), 3e-5, 1e-5), ((1e-3, 3e-3, 1e-2), 3e-3, None),
+])
+def test_a_best_rate_at_the_edge_of_the_grid_extends_it_by_a_half_decade(tried, chosen, beyond):
+    assert protocol.rate_beyond_edge(list(tried), chosen) == beyond
+
+
+def test_a_curve_still_rising_in_its_last_epoch_is_flagged():
+    assert protocol.still_climbing([[0.5, 0.6, 0.65], [0.5, 0.6, 0.64]])
+    assert not protocol.still_climbing([[0.9, 1.0, 1.0], [0.9, 0.99, 0.995]])
+
+
+def test_summary_chooses_among_extended_rates_and_ignores_longer_probes():
+    store = fake_store()
+    best = protocol.METHODS["lora"].lr_grid[-1]
+    beyond = protocol.rate_beyond_edge(list(protocol.METHODS["lora"].lr_grid), best)
+    store["runs"][f"lora|lr={beyond:g}|seed=0"] = {"lr": beyond, "validation": 0.95, "test": 0.9,
+                                                   "validation_curve": [0.5, 0.95], "trainable": 10}
+    store["runs"][f"lora|lr={best:g}|seed=0|epochs=16"] = {"lr": best, "validation": 0.99, "test": 0.99,
+                                                           "validation_curve": [0.5] * 16, "trainable": 10}
+    row = protocol.summarize(store)
+    assert "lora" not in row  # the extension won, but its other seeds are not stored yet
+    assert list(protocol.grid_runs(store["runs"], "lora")) == sorted([*protocol.METHODS["lora"].lr_grid, beyond])
