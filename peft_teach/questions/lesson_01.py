@@ -2,14 +2,21 @@
 (solutions/01_bottleneck_adapters.ipynb).
 
 Each ``Question`` grades one task; failure messages help without giving the answer.
+Q5 runs the real all-MiniLM-L6-v2 with three adapters; its reference step is taken by
+the grader on an identical copy of the model when the check runs.
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from peft_teach.checks import Question, grade_choice, grade_function, grade_number
+from peft_teach.methods import adapters
 from peft_teach.methods.adapters import BottleneckAdapter
+from peft_teach.models import build_classifier
+from peft_teach.questions.real_inputs import review_batch
 
 # ----------------------------------------------------------------- Q1: adapter forward
 
@@ -29,8 +36,8 @@ def _forward_reference(hidden, w_down, b_down, w_up, b_up) -> torch.Tensor:
 q1 = Question(
     title="Q1 the adapter's forward pass",
     grader=grade_function(_forward_inputs, _forward_reference),
-    hint="Project down (weights are stored out x in, like nn.Linear), apply ReLU, project up, "
-         "and do not forget the adapter's own skip connection.",
+    hint="Read the formula term by term. A weight stored as (out, in), like nn.Linear's, has to be "
+         "transposed to act on the last dimension of a (batch, tokens, d) tensor.",
 )
 
 # ----------------------------------------------------------------- Q2: Houlsby parameter count
@@ -47,7 +54,8 @@ q2 = Question(
 q3 = Question(
     title="Q3 bytes to store one task",
     grader=grade_number(4 * (6 * (2 * 384 * 24 + 24 + 384) + 2 * 384 + 2), what="number of bytes"),
-    hint="A task is the Pfeiffer adapter of every layer plus its 2-class head; a float32 takes 4 bytes.",
+    hint="A task is everything save_adapter writes for it: its adapters in every layer and its own "
+         "head. Count values first, then bytes.",
 )
 
 # ----------------------------------------------------------------- Q4: near-identity init
@@ -70,14 +78,65 @@ def _grade_init(function) -> None:
 q4 = Question(
     title="Q4 start as the identity",
     grader=_grade_init,
-    hint="The skip connection already passes h through; make the *added* term exactly zero "
-         "while keeping a random down-projection.",
+    hint="The added term must vanish for every input h. Ask which parameters can be zero without "
+         "cutting off the gradient of the others: what is each projection's gradient multiplied by?",
 )
 
-# ----------------------------------------------------------------- Q5: what trains
+# ----------------------------------------------------------------- Q5: what moves after one step (real model)
+
+TASKS = (("sentiment", 2), ("aspect", 4), ("topic", 4))  # three task adapters, each with its own head
+LEARNING_RATE = 0.1
+
+
+def library_model() -> torch.nn.Module:
+    """The real MiniLM classifier with three fresh Pfeiffer adapters; ``aspect`` active and trainable."""
+    model = build_classifier(2, seed=0)
+    for name, classes in TASKS:
+        adapters.add_adapter(model, name, num_labels=classes)
+    adapters.train_adapter(model, "aspect")
+    return model
+
+
+def _reference_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> set[str]:
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    torch.nn.functional.cross_entropy(logits, batch["labels"]).backward()
+    optimizer.step()
+    return {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+
+
+def _grade_moved(function) -> None:
+    assert callable(function), "Pass the function itself (no parentheses)."
+    model = library_model()
+    twin = copy.deepcopy(model)  # the grader's own step runs on an identical copy
+    batch = review_batch("aspect", count=8, with_labels=True)
+    result = function(model, dict(batch))
+    assert isinstance(result, (list, tuple, set)) and all(isinstance(name, str) for name in result), (
+        "Return the names of the tensors that changed, as a list of strings.")
+    names = {name for name, _ in model.named_parameters()}
+    unknown = set(result) - names
+    assert not unknown, (
+        f"{len(unknown)} of your names are not parameter names of the model (use model.named_parameters()).")
+    expected = _reference_step(twin, batch)
+    extra, missing = set(result) - expected, expected - set(result)
+    assert not extra, f"{len(extra)} of the tensors you list did not change in the grader's step."
+    assert not missing, f"{len(missing)} tensors that changed in the grader's step are missing from your list."
+
 
 q5 = Question(
-    title="Q5 what changes after one step",
+    title="Q5 what moves after one step, on the real model",
+    grader=_grade_moved,
+    hint="Trainable is not the same as moved: a tensor moves only if its update is non-zero. Use plain "
+         "SGD as asked (AdamW's weight decay would shift every trainable tensor), and compare values "
+         "before and after the step rather than requires_grad flags.",
+)
+
+# ----------------------------------------------------------------- Q6: explain the measurement
+
+q6 = Question(
+    title="Q6 explain the Q5 measurement",
     grader=grade_choice("b", ("a", "b", "c", "d")),
-    hint="train_adapter freezes everything, then unfreezes one adapter and the head it uses.",
+    hint="Look at requires_grad and at .grad of a tensor that did not move: which options do they "
+         "rule out? Then follow the chain rule from the adapter's output back to that tensor.",
 )

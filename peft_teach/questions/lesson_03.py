@@ -2,6 +2,8 @@
 (solutions/03_prompts_and_prefix_tuning.ipynb).
 
 Each ``Question`` grades one task; failure messages help without giving the answer.
+Q2 runs the real all-MiniLM-L6-v2; its reference logits come from the package's
+``add_soft_prompt`` when the check runs.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 import torch
 
 from peft_teach.checks import Question, grade_choice, grade_function, grade_number
+from peft_teach.methods.prompts import add_soft_prompt, remove_soft_prompt
+from peft_teach.models import build_classifier
+from peft_teach.questions.real_inputs import review_batch
 
 # ----------------------------------------------------------------- Q1: prompt concatenation
 
@@ -27,28 +32,40 @@ def _concat_reference(prompt: torch.Tensor, embeds: torch.Tensor) -> torch.Tenso
 q1 = Question(
     title="Q1 prepend the soft prompt",
     grader=grade_function(_concat_inputs, _concat_reference),
-    hint="Every example in the batch gets the same l prompt vectors, placed *before* its "
-         "token embeddings: give the prompt a batch dimension, then concatenate along the "
-         "sequence dimension.",
+    hint="Every example sees the same prompt, in front of its own tokens. Which dimension is the "
+         "sequence, and what shape must the prompt have before it can be joined to a (B, T, d) tensor?",
 )
 
-# ----------------------------------------------------------------- Q2: mask extension
+# ----------------------------------------------------------------- Q2: a soft prompt by hand (real model)
+
+PROMPT_LENGTH = 5
 
 
-def _mask_inputs() -> tuple:
-    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
-    return mask, 3
-
-
-def _mask_reference(mask: torch.Tensor, length: int) -> torch.Tensor:
-    return torch.cat([torch.ones(mask.shape[0], length, dtype=mask.dtype), mask], dim=1)
+def _grade_prompt_logits(function) -> None:
+    assert callable(function), "Pass the function itself (no parentheses)."
+    model = build_classifier(2, seed=0)
+    add_soft_prompt(model, length=PROMPT_LENGTH, init="vocab", seed=0)
+    batch = review_batch("sentiment", count=8)
+    with torch.no_grad():
+        expected = model(**batch)  # the package's prompt-tuned classifier (eval mode)
+    prompt = model.soft_prompt.weight.detach().clone()
+    remove_soft_prompt(model)  # the backbone is the plain base model again: no hook does the work for you
+    with torch.no_grad():
+        result = function(model.backbone, prompt, model.head, batch)
+    assert isinstance(result, torch.Tensor), f"Return a tensor, not {type(result).__name__}."
+    assert result.shape == expected.shape, (
+        f"Output shape {tuple(result.shape)} is not the expected {tuple(expected.shape)}: one row of "
+        "class scores per review.")
+    assert torch.allclose(result, expected, atol=1e-5, rtol=0), (
+        "The shape is right, but the logits differ from the package's prompt-tuned model on these 8 real reviews.")
 
 
 q2 = Question(
-    title="Q2 widen the attention mask",
-    grader=grade_function(_mask_inputs, _mask_reference),
-    hint="The prompt positions are real inputs that every example may attend to, and they "
-         "come first. Keep the dtype of the original mask.",
+    title="Q2 a soft prompt by hand, on the real model",
+    grader=_grade_prompt_logits,
+    hint="Three things change when a prompt goes in front: what the encoder reads, which positions "
+         "every token may attend to, and which output positions the head averages. The module "
+         "docstring of peft_teach/methods/prompts.py states the course's pooling decision.",
 )
 
 # ----------------------------------------------------------------- Q3: parameter count
@@ -59,8 +76,8 @@ Q3_EXPECTED = 2 * 6 * 20 * 384
 q3 = Question(
     title="Q3 prefix tuning parameter count",
     grader=grade_number(Q3_EXPECTED, what="parameter count"),
-    hint="Each layer gets l key vectors and l value vectors, each of size d. Count for one "
-         "layer, then for all layers.",
+    hint="What exactly does prefix tuning add to each layer's attention, how many of them, and how "
+         "long is each vector? The folded-away MLP no longer counts.",
 )
 
 # ----------------------------------------------------------------- Q4: prefix attention share
@@ -79,8 +96,9 @@ def _share_reference(scores: torch.Tensor, length: int) -> torch.Tensor:
 q4 = Question(
     title="Q4 attention share of the prefix",
     grader=grade_function(_share_inputs, _share_reference),
-    hint="Scores are logits before the softmax. Turn each query's row into probabilities over "
-         "all l + T keys, then add up the probabilities of the first l keys (the prefix).",
+    hint="A share is a probability mass. Which operation turns one query's scores into "
+         "probabilities, over which keys must it run for the prefix to compete with the tokens, "
+         "and which of those probabilities belong to the prefix?",
 )
 
 # ----------------------------------------------------------------- Q5: positions in peft
@@ -90,6 +108,6 @@ Q5_OPTIONS = ("0..T-1", "l..l+T-1", "no positions")
 q5 = Question(
     title="Q5 positions of real tokens under peft's PrefixTuning",
     grader=grade_choice("l..l+T-1", Q5_OPTIONS),
-    hint="peft hands the prefix to the model as past keys and values and passes no position "
-         "ids. How does a model number new tokens when its cache already holds l entries?",
+    hint="Re-read the lesson's comparison with peft: what did our own model's call need before "
+         "its output matched peft's exactly?",
 )

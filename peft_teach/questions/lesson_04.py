@@ -2,6 +2,8 @@
 (solutions/04_prefix_tuning_plus.ipynb).
 
 Each ``Question`` grades one task; failure messages help without giving the answer.
+Q6 runs the real all-MiniLM-L6-v2 with a prefix; its reference is what the package's
+``record_prefix_attention`` measures when the check runs.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 import torch
 
 from peft_teach.checks import Question, grade_choice, grade_function, grade_number
+from peft_teach.methods.prefix import add_prefix, record_prefix_attention
+from peft_teach.models import build_classifier
+from peft_teach.questions.real_inputs import review_ids
 
 # ----------------------------------------------------------------- Q1: dilution by length
 
@@ -18,8 +23,8 @@ Q1_EXPECTED = 10 / (10 + 118)
 q1 = Question(
     title="Q1 the prefix share when all logits are equal",
     grader=grade_number(Q1_EXPECTED, tol=1e-4, what="share"),
-    hint="With equal logits the softmax spreads the mass evenly over every key the query "
-         "can see: the prefix keys and the real tokens.",
+    hint="What does a softmax return when all of its inputs are equal? Then count the keys a "
+         "query can see, and how many of them belong to the prefix.",
 )
 
 # ----------------------------------------------------------------- Q2: the gate lambda
@@ -43,9 +48,9 @@ def _gate_reference(query, prefix_keys, keys) -> torch.Tensor:
 q2 = Question(
     title="Q2 the unified view's gate lambda(x)",
     grader=grade_function(_gate_inputs, _gate_reference),
-    hint="lambda for query i is the softmax mass on the prefix: the sum of exp(scaled scores) "
-         "over prefix keys divided by the same sum over prefix keys and real keys. Scale "
-         "scores by 1 / sqrt(d_head).",
+    hint="Compare your code with the formula piece by piece: are the dot products scaled as in "
+         "attention, and does the denominator hold the prefix keys as well as the real keys? "
+         "Lesson 03's Q4 computed the same kind of share.",
 )
 
 # ----------------------------------------------------------------- Q3: memory read
@@ -65,8 +70,9 @@ def _read_reference(query, memory) -> torch.Tensor:
 q3 = Question(
     title="Q3 the Prefix-Tuning+ memory read",
     grader=grade_function(_read_inputs, _read_reference),
-    hint="Apply elu to the queries first, then multiply each head's (T, d_head) block by that "
-         "head's own (d_head, d_head) matrix. torch.einsum or broadcasting matmul both work.",
+    hint="Where does phi act: on the queries or on the memory? Head h must read only its own "
+         "M_h: check that your product pairs the head dimensions instead of mixing them (a wrong "
+         "broadcast can still give the right shape).",
 )
 
 # ----------------------------------------------------------------- Q4: parameter count
@@ -77,8 +83,8 @@ Q4_EXPECTED = 6 * 12 * 32 * 32
 q4 = Question(
     title="Q4 Prefix-Tuning+ parameter count",
     grader=grade_number(Q4_EXPECTED, what="parameter count"),
-    hint="Each head of each layer has one square matrix whose side is the head size "
-         "(hidden size / heads).",
+    hint="How many memory matrices are there, and how big is one? Its side is the length of the "
+         "vector it reads and writes.",
 )
 
 # ----------------------------------------------------------------- Q5: zero init
@@ -88,6 +94,47 @@ Q5_OPTIONS = ("the base model", "prefix tuning with a zero prefix", "neither")
 q5 = Question(
     title="Q5 what a zero memory reproduces",
     grader=grade_choice("the base model", Q5_OPTIONS),
-    hint="A zero prefix key still gets a logit of 0, i.e. softmax weight exp(0) > 0. Does a "
-         "zero memory take any attention mass away from the real tokens?",
+    hint="For each method, write what it adds to a head's output when its parameters are zero, "
+         "and ask whether anything inside the softmax changes.",
+)
+
+# ----------------------------------------------------------------- Q6: the gate on real text (real model)
+
+PREFIX_LENGTH = 16  # the lesson's budget
+# A short review and a long one cut to 128 tokens: the same gate, two input lengths.
+GATE_INPUTS = (("sentiment", None), ("sentiment_long", 128))
+
+
+def prefixed_model() -> torch.nn.Module:
+    """The real MiniLM classifier with a fresh (untrained, seeded) prefix of length 16, in eval mode."""
+    model = build_classifier(2, seed=0)
+    add_prefix(model, length=PREFIX_LENGTH, seed=0)
+    return model.eval()
+
+
+def _grade_layer_gate(function) -> None:
+    assert callable(function), "Pass the function itself (no parentheses)."
+    model = prefixed_model()
+    for task, max_length in GATE_INPUTS:
+        input_ids = review_ids(task, max_length=max_length)
+        with torch.no_grad(), record_prefix_attention() as recorded:
+            model(input_ids=input_ids)
+        expected = recorded[0][0]  # layer 0, the only example: (heads, T)
+        with torch.no_grad():
+            result = function(model, input_ids)
+        assert isinstance(result, torch.Tensor), f"Return a tensor, not {type(result).__name__}."
+        assert result.shape == expected.shape, (
+            f"For a review of {input_ids.shape[1]} tokens the output shape is {tuple(result.shape)}, "
+            f"not the expected {tuple(expected.shape)}: one gate per head and token.")
+        assert torch.allclose(result, expected, atol=1e-5, rtol=0), (
+            f"For a review of {input_ids.shape[1]} tokens your gates differ from the attention mass "
+            "the model itself puts on the prefix.")
+
+
+q6 = Question(
+    title="Q6 the gate lambda(x) on real text",
+    grader=_grade_layer_gate,
+    hint="Your gate from Q2 needs each head's own queries, real keys and prefix keys. Which tensor "
+         "does the first layer's attention read, what do its query and key layers make of it, and "
+         "how are 384 features split into heads?",
 )

@@ -1,13 +1,19 @@
 """Graded questions of the LoRA practice notebook (solutions/05_lora.ipynb).
 
 Each ``Question`` grades one task; failure messages help without giving the answer.
+Q6 runs the real all-MiniLM-L6-v2 with LoRA; its reference logits come from the package's
+unmerged LoRA model when the check runs.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from peft_teach.checks import Question, grade_choice, grade_function, grade_number
+from peft_teach.methods import lora
+from peft_teach.models import build_classifier
+from peft_teach.questions.real_inputs import review_batch
 
 # ----------------------------------------------------------------------------- Q1: forward
 
@@ -30,8 +36,9 @@ def _forward_reference(x, weight, bias, lora_a, lora_b, alpha, r) -> torch.Tenso
 q1 = Question(
     title="Q1 LoRA forward pass",
     grader=grade_function(_forward_inputs, _forward_reference, atol=1e-4),
-    hint="The frozen path is x W0^T + b. The LoRA path first maps x to r numbers with A, "
-         "then to d_out with B, and is scaled by alpha / r.",
+    hint="Check each term of the formula on its own: the frozen path is an ordinary linear layer, "
+         "the low-rank path must pass through r numbers per token, and the scaling enters once. "
+         "Weights are stored (out, in).",
 )
 
 # ----------------------------------------------------------------------------- Q2: count
@@ -42,8 +49,8 @@ Q2_EXPECTED = 6 * (2 * 16 * (384 + 384) + 16 * (384 + 1536))
 q2 = Question(
     title="Q2 LoRA parameter count",
     grader=grade_number(Q2_EXPECTED, what="parameter count"),
-    hint="Per adapted matrix LoRA adds A (r x d_in) and B (d_out x r). intermediate.dense is "
-         "not square: d_in = 384, d_out = 1536. Then multiply by the number of layers.",
+    hint="The sizes of A and B depend on the input and output width of the matrix they adapt, "
+         "and not every adapted matrix here is square. Count one layer first.",
 )
 
 # ----------------------------------------------------------------------------- Q3: merge
@@ -93,27 +100,68 @@ def _energy_reference(matrix, r) -> torch.Tensor:
 q4 = Question(
     title="Q4 energy in the top-r directions",
     grader=grade_function(_energy_inputs, _energy_reference, atol=1e-5),
-    hint="Energy is the sum of squared singular values (the squared Frobenius norm). "
-         "torch.linalg.svdvals returns them sorted from largest to smallest.",
+    hint="Energy is counted with squared singular values, both for the top r directions and "
+         "for the whole matrix. In which order do your singular values come out?",
 )
 
-# ----------------------------------------------------------------------------- Q5: rank analysis
+# ----------------------------------------------------------------------------- Q5: read the rank sweep
 
+# Lesson 05's precomputed sweep (peft_teach/precomputed/lora_sweep.json, W_q and W_v, one seed):
+# r = 1, 2, 4, 8, 32 -> 0.800, 0.890, 0.907, 0.960, 0.943. The practice notebook prints it from the file.
 Q5_OPTIONS = ("a", "b", "c")
 q5 = Question(
-    title="Q5 what the rank analysis supports",
+    title="Q5 what the rank sweep supports",
     grader=grade_choice("b", Q5_OPTIONS),
-    hint="If dropping 6 of the 8 directions changes nothing, how many directions does the model "
-         "actually use? And what does dropping to 1 direction tell you?",
+    hint="Read the table from r = 1 upwards: where does accuracy stop improving? And how large a "
+         "difference can a single seed resolve (the lesson says)?",
 )
 
-# ----------------------------------------------------------------------------- Q6: overhead
+# ----------------------------------------------------------------------------- Q6: merge the real model
+
+RANK, ALPHA = 8, 16
+
+
+def lora_model() -> nn.Module:
+    """The real MiniLM classifier with LoRA (r = 8) on query and value; B made non-zero, as training would."""
+    model = build_classifier(2, seed=0)
+    lora.add_lora(model, ("query", "value"), r=RANK, alpha=ALPHA, seed=0)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for layer in lora.lora_layers(model).values():
+            layer.lora_B.normal_(0.0, 0.05, generator=generator)
+    return model.eval()
+
+
+def _grade_merge_model(function) -> None:
+    assert callable(function), "Pass the function itself (no parentheses)."
+    model = lora_model()
+    adapted = list(lora.lora_layers(model))
+    batch = review_batch("sentiment", count=8)
+    with torch.no_grad():
+        expected = model(**batch)  # the package's unmerged LoRA model
+    base_count = sum(p.numel() for p in model.parameters()) - lora.lora_parameters(model)
+    result = function(model)
+    assert result is None or result is model, "Change the model in place (return nothing or the model)."
+    left = lora.lora_layers(model)
+    assert not left, f"{len(left)} LoRA layers are still in the model."
+    plain = [name for name in adapted if type(model.get_submodule(name)) is nn.Linear]
+    assert len(plain) == len(adapted), (
+        f"{len(adapted) - len(plain)} of the {len(adapted)} adapted positions do not hold a plain nn.Linear.")
+    count = sum(p.numel() for p in model.parameters())
+    assert count == base_count, f"The merged model has {count:,} parameters, the base model {base_count:,}."
+    with torch.no_grad():
+        merged = model(**batch)
+    assert torch.allclose(merged, expected, atol=1e-4, rtol=0), (
+        "The model's logits on these 8 real reviews changed: the new layers do not compute what the "
+        "LoRA layers computed.")
+
 
 q6 = Question(
-    title="Q6 extra matrix multiplications after merging",
-    grader=grade_number(0, what="number of extra matrix multiplications"),
-    hint="After merging, what does the layer's forward pass compute? Look at LoRALinear.forward "
-         "when merged is True.",
+    title="Q6 merge LoRA into the real model",
+    grader=_grade_merge_model,
+    hint="A merged layer is an ordinary linear layer whose weight already holds the update (your Q3 "
+         "function) and whose bias is the frozen one. peft_teach.methods.inject has helpers to find a "
+         "module by name and put another in its place.",
 )
 
 QUESTIONS = {"q1": q1, "q2": q2, "q3": q3, "q4": q4, "q5": q5, "q6": q6}

@@ -1,0 +1,42 @@
+"""Real inputs for the graders of tasks that run the real MiniLM.
+
+A grader builds its own model with the package and feeds it a few reviews of a course
+task, so the reference it compares with is computed at grading time, never stored.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from ..data import load_task
+from ..models import load_tokenizer
+
+
+@lru_cache(maxsize=1)
+def tokenizer():
+    """The packaged model's tokenizer, loaded once per session."""
+    return load_tokenizer()
+
+
+def review_batch(task: str = "sentiment", count: int = 8, split: str = "validation",
+                 with_labels: bool = False) -> dict[str, torch.Tensor]:
+    """The first ``count`` reviews of ``task`` as a padded batch, like ``make_loader`` gives them.
+
+    Reviews of different lengths on purpose: the shorter ones are padded, so code that
+    forgets the attention mask gives other numbers.
+    """
+    rows = load_task(task)[split][:count]
+    encoded = tokenizer()(rows["text"], padding=True, return_tensors="pt")
+    batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+    if with_labels:
+        batch["labels"] = torch.tensor(rows["label"])
+    return batch
+
+
+def review_ids(task: str, index: int = 0, max_length: int | None = None) -> torch.Tensor:
+    """One validation review of ``task`` as input ids of shape (1, T), cut to ``max_length`` tokens."""
+    text = load_task(task)["validation"]["text"][index]
+    return tokenizer()(text, truncation=max_length is not None, max_length=max_length,
+                       return_tensors="pt")["input_ids"]
