@@ -1,3 +1,5 @@
+import time
+
 import torch
 from torch import nn
 
@@ -58,8 +60,14 @@ def test_timing_helpers_run_and_do_not_change_weights(tiny_bert):
 
 
 def test_peak_memory_sees_a_large_allocation():
-    grown = measure.peak_memory(lambda: torch.ones(64 * 2**20 // 4).add_(1).sum())
-    assert grown > 32 * 2**20
+    # Resident memory is sampled every millisecond: hold the block long enough to be seen, and make it
+    # larger than glibc's largest mmap threshold (32 MiB), so it is fresh memory, not a reused free pool.
+    def hold_128_mib():
+        block = torch.ones(128 * 2**20 // 4)
+        time.sleep(0.05)
+        return block.sum()
+
+    assert measure.peak_memory(hold_128_mib) > 64 * 2**20
 
 
 def test_formats():
