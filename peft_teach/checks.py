@@ -117,6 +117,15 @@ def grade_choice(expected: str, options: tuple[str, ...]) -> Callable[[Any], Non
     return grader
 
 
+def assert_same_tensor(result: Any, expected: torch.Tensor, atol: float = 1e-5, shape_note: str = "",
+                       values_note: str = "The shape is right but the values differ.") -> None:
+    """The checks every tensor answer goes through: a tensor, the expected shape, then the values."""
+    assert isinstance(result, torch.Tensor), f"Return a tensor, not {type(result).__name__}."
+    assert result.shape == expected.shape, (
+        f"Output shape {tuple(result.shape)} is not the expected {tuple(expected.shape)}.{shape_note}")
+    assert torch.allclose(result, expected, atol=atol, rtol=0), values_note
+
+
 def grade_function(
     make_inputs: Callable[[], tuple], reference: Callable[..., torch.Tensor], atol: float = 1e-5
 ) -> Callable[[Any], None]:
@@ -126,11 +135,6 @@ def grade_function(
         assert callable(function), "Pass the function itself (no parentheses)."
         inputs = make_inputs()
         expected = reference(*inputs)
-        result = function(*inputs)
-        assert isinstance(result, torch.Tensor), f"Return a tensor, not {type(result).__name__}."
-        assert result.shape == expected.shape, (
-            f"Output shape {tuple(result.shape)} is not the expected {tuple(expected.shape)}."
-        )
-        assert torch.allclose(result, expected, atol=atol, rtol=0), "The shape is right but the values differ."
+        assert_same_tensor(function(*inputs), expected, atol)
 
     return grader

@@ -162,6 +162,16 @@ def check_training_setup(model: nn.Module, data: DatasetDict, *, epochs: int, lr
                          "Build the model for this task: build_classifier(num_labels=len(label_names(data))).")
 
 
+def _update(loss: torch.Tensor, optimizer, schedule, history: History, start: float) -> None:
+    """One optimisation step from ``loss``; record the step's wall time and loss."""
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    optimizer.zero_grad(set_to_none=True)
+    history.step_seconds.append(time.perf_counter() - start)
+    history.train_loss.append(loss.item())
+
+
 def train(
     model: nn.Module,
     tokenizer,
@@ -207,12 +217,7 @@ def train(
             loss = nn.functional.cross_entropy(model(**batch), labels)
             if extra_loss is not None:
                 loss = loss + extra_loss(model)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            history.step_seconds.append(time.perf_counter() - start)
-            history.train_loss.append(loss.item())
+            _update(loss, optimizer, schedule, history, start)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -291,12 +296,7 @@ def train_multitask(
             labels = batch.pop("labels")
             with using_head(model, head):
                 loss = loss + nn.functional.cross_entropy(model(**batch), labels)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        history.step_seconds.append(time.perf_counter() - start)
-        history.train_loss.append(loss.item())
+        _update(loss, optimizer, schedule, history, start)
         if eval_task is not None and eval_every and step % eval_every == 0:
             with using_head(model, heads[eval_task]):
                 history.eval_accuracy.append(evaluate(model, tasks[eval_task]["validation"], tokenizer))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import Question, grade_choice, grade_function, grade_number
+from ..checks import Question, assert_same_tensor, grade_choice, grade_function, grade_number
 from ..models import build_classifier, mean_pool
 from .real_inputs import review_batch
 
@@ -79,12 +79,9 @@ def _grade_classify(function) -> None:
         expected = model(**batch)
         model.forward = _refuse_model_call  # the task is to take the model apart, not to call it
         result = function(model, batch)
-    assert isinstance(result, torch.Tensor), f"Return a tensor, not {type(result).__name__}."
-    assert result.shape == expected.shape, (
-        f"Output shape {tuple(result.shape)} is not the expected {tuple(expected.shape)}: one row of "
-        "class scores per review.")
-    assert torch.allclose(result, expected, atol=1e-5, rtol=0), (
-        "The shape is right, but the logits differ from the classifier's own on these 8 real reviews.")
+    assert_same_tensor(result, expected, 1e-5, shape_note=" One row of class scores per review.",
+                       values_note="The shape is right, but the logits differ from the classifier's own "
+                                   "on these 8 real reviews.")
 
 
 q6 = Question("Q6 the classifier by hand, on real reviews", _grade_classify,
