@@ -17,7 +17,7 @@ AH_BIN      := $(AH_VENV)/bin
 # The default path must never need the network: the tests run with the Hub switched off.
 OFFLINE     := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PEFT_TEACH_PROGRESS=0
 
-.PHONY: course test test-main test-adapterhub venv adapterhub-env exercises execute precompute benchmark clean
+.PHONY: course test test-main test-adapterhub test-browser venv adapterhub-env exercises execute precompute benchmark clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements-lock.txt pyproject.toml
@@ -50,6 +50,12 @@ test-main: venv
 
 test-adapterhub: adapterhub-env
 	$(OFFLINE) $(AH_BIN)/python -m pytest tests/adapterhub -o addopts="" -p no:cacheprovider
+
+# JupyterLab in headless Chromium: lessons open unmodified, widgets render and respond. Needs Debian's
+# chromium and chromium-driver (apt-get install chromium chromium-driver); skipped with a message without them.
+test-browser: venv
+	$(BIN)/python -m pip install --quiet selenium==4.51.0
+	$(OFFLINE) $(BIN)/python -m pytest tests/browser -o addopts="-p no:cacheprovider" -rs
 
 exercises: venv
 	$(BIN)/python scripts/make_exercises.py

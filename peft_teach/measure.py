@@ -7,7 +7,6 @@ format (``12.3 ms``, ``45.6 MB``) that the notebook tests know to ignore.
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -148,44 +147,22 @@ def compare_train_step(models: dict[str, nn.Module], batch: dict[str, torch.Tens
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def peak_memory(fn: Callable[[], object], device: torch.device | None = None) -> int:
-    """Peak extra memory (bytes) used while ``fn()`` runs.
+def cuda_peak_memory(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak extra GPU memory (bytes) that PyTorch's allocator handed out while ``fn()`` ran.
 
-    On CUDA this is PyTorch's own allocator peak. On the CPU PyTorch keeps no
-    such counter, so we sample the process' resident memory every millisecond
-    and report the highest value above the starting point: an approximation,
-    good to a few MB.
+    GPU only: on the CPU PyTorch keeps no such counter, and sampling the process'
+    resident memory misses short peaks and memory reused from earlier frees. For
+    exact numbers on any device, count the bytes with :func:`training_memory`.
     """
-    device = device or torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-
-    import psutil
-
-    process = psutil.Process()
-    before = process.memory_info().rss
-    peak = before
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, process.memory_info().rss)
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        sampler.join()
-    return max(0, peak - before)
+    if torch.device(device).type != "cuda":
+        raise ValueError(f"cuda_peak_memory needs a CUDA device, got {device!r}: PyTorch keeps no allocator peak "
+                         "on the CPU. Use measure.training_memory(model, batch), which counts the bytes exactly.")
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
 
 
 def training_memory_estimate(model: nn.Module) -> dict[str, int]:

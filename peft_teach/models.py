@@ -165,14 +165,17 @@ class SequenceClassifier(nn.Module):
         self.num_labels = num_labels
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs) -> torch.Tensor:
+        return self.head(self.dropout(self.features(input_ids, attention_mask, inputs_embeds, **kwargs)))
+
+    def features(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs) -> torch.Tensor:
+        """What the head sees: the backbone's last hidden states, mean-pooled over the real tokens."""
         if attention_mask is None:
             reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
             attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
         hidden = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         ).last_hidden_state
-        pooled = mean_pool(hidden, attention_mask)
-        return self.head(self.dropout(pooled))
+        return mean_pool(hidden, attention_mask)
 
 
 def build_classifier(num_labels: int, name: str | None = None, seed: int = 0) -> SequenceClassifier:

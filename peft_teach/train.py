@@ -229,6 +229,74 @@ def train(
     return history
 
 
+@torch.no_grad()
+def pooled_features(model: nn.Module, dataset: Dataset, tokenizer, batch_size: int = 64,
+                    max_length: int = 256) -> torch.Tensor:
+    """The head's input, ``model.features(...)``, for every example of ``dataset`` (eval mode)."""
+    model.eval()
+    device = next(model.parameters()).device
+    outputs = []
+    for batch in make_loader(dataset, tokenizer, batch_size, max_length=max_length):
+        outputs.append(model.features(batch["input_ids"].to(device), batch["attention_mask"].to(device)))
+    return torch.cat(outputs)
+
+
+def train_head_on_features(
+    model: nn.Module,
+    tokenizer,
+    data: DatasetDict,
+    *,
+    epochs: int = 3,
+    lr: float = 1e-2,
+    batch_size: int = 32,
+    warmup_ratio: float = 0.1,
+    seed: int = 0,
+    max_length: int = 256,
+    eval_split: str | None = "validation",
+    device: torch.device | None = None,
+) -> History:
+    """Head-only training, fast: run the frozen backbone once, then train the head on its outputs.
+
+    When nothing below the head trains, every epoch would feed the head the same
+    pooled vectors, so we compute them once and loop over those. Same optimizer,
+    schedule and shuffling as :func:`train`; the one difference is that the
+    backbone's own dropout is off (its features are computed in eval mode).
+    """
+    if any(p.requires_grad for name, p in model.named_parameters() if not name.startswith("head.")):
+        raise ValueError("train_head_on_features trains the head alone, but parameters outside it require "
+                         "gradients. Freeze them first (freeze(model); unfreeze_matching(model, 'head.')) "
+                         "or use train().")
+    check_training_setup(model, data, epochs=epochs, lr=lr, batch_size=batch_size, eval_split=eval_split)
+    set_seed(seed)
+    device = device or get_device()
+    model.to(device)
+    features = pooled_features(model, data["train"], tokenizer, max_length=max_length)
+    labels = torch.tensor(data["train"]["label"], device=device)
+    if eval_split is not None:
+        eval_features = pooled_features(model, data[eval_split], tokenizer, max_length=max_length)
+        eval_labels = torch.tensor(data[eval_split]["label"], device=device)
+    optimizer = torch.optim.AdamW(model.head.parameters(), lr=lr, weight_decay=0.0)
+    # Batches of row numbers, shuffled exactly as make_loader shuffles the texts.
+    rows_loader = DataLoader(range(len(labels)), batch_size=batch_size, shuffle=True,
+                             generator=torch.Generator().manual_seed(seed))
+    schedule = linear_schedule(optimizer, epochs * len(rows_loader), warmup_ratio)
+    history = History(trainable_parameters=sum(p.numel() for p in model.head.parameters()))
+    for _ in range(epochs):
+        model.train()
+        for rows in rows_loader:
+            start = time.perf_counter()
+            rows = rows.to(device)
+            loss = nn.functional.cross_entropy(model.head(model.dropout(features[rows])), labels[rows])
+            _update(loss, optimizer, schedule, history, start)
+        if eval_split is not None:
+            model.eval()
+            with torch.no_grad():
+                correct = model.head(eval_features).argmax(dim=-1) == eval_labels
+            history.eval_accuracy.append(correct.float().mean().item())
+    model.eval()
+    return history
+
+
 @contextmanager
 def using_head(model: nn.Module, head: nn.Module) -> Iterator[nn.Module]:
     """Classify with ``head`` inside the ``with`` block (multi-task models keep one head per task)."""

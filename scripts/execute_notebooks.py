@@ -19,6 +19,23 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+# What a stored widget shows until its cell runs again. JupyterLab drops a saved widget's
+# state once a kernel starts and falls back to the output's text, which by default is
+# ipywidgets' repr ("interactive(children=(SelectionSlider(...").
+STORED_WIDGET_TEXT = "[interactive widget: run this cell (and the cells above it) to use it]"
+
+
+def label_stored_widgets(notebook) -> int:
+    """Give every widget output a readable text fallback; returns how many it changed."""
+    changed = 0
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_VIEW in data and data.get("text/plain") != STORED_WIDGET_TEXT:
+                data["text/plain"] = STORED_WIDGET_TEXT
+                changed += 1
+    return changed
 
 
 def execute(path: Path, timeout: int = 3000) -> float:
@@ -37,6 +54,7 @@ def execute(path: Path, timeout: int = 3000) -> float:
         raise
     seconds = time.perf_counter() - start
     notebook.metadata.pop("peft_teach", None)  # runtimes live in runtimes.json only
+    label_stored_widgets(notebook)
     nbformat.write(notebook, path)
     return seconds
 

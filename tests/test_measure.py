@@ -1,4 +1,4 @@
-import time
+import pytest
 
 import torch
 from torch import nn
@@ -59,15 +59,15 @@ def test_timing_helpers_run_and_do_not_change_weights(tiny_bert):
     assert set(measure.compare_latency({"a": net, "b": net}, batch, rounds=1, repeats=1)) == {"a", "b"}
 
 
-def test_peak_memory_sees_a_large_allocation():
-    # Resident memory is sampled every millisecond: hold the block long enough to be seen, and make it
-    # larger than glibc's largest mmap threshold (32 MiB), so it is fresh memory, not a reused free pool.
-    def hold_128_mib():
-        block = torch.ones(128 * 2**20 // 4)
-        time.sleep(0.05)
-        return block.sum()
+def test_cuda_peak_memory_refuses_the_cpu_and_points_to_the_exact_count():
+    with pytest.raises(ValueError, match="training_memory"):
+        measure.cuda_peak_memory(lambda: None, torch.device("cpu"))
 
-    assert measure.peak_memory(hold_128_mib) > 64 * 2**20
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_peak_memory_sees_a_large_allocation():
+    device = torch.device("cuda")
+    assert measure.cuda_peak_memory(lambda: torch.ones(2**24, device=device).sum(), device) >= 2**26
 
 
 def test_formats():

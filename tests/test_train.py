@@ -1,3 +1,4 @@
+import pytest
 import torch
 from datasets import DatasetDict
 
@@ -51,7 +52,7 @@ def test_training_learns_an_easy_task(tokenizer):
 
 
 def test_nothing_trainable_is_an_error(tokenizer):
-    import pytest
+
 
     model = build_classifier(2)
     freeze(model)
@@ -85,3 +86,33 @@ def test_head_lr_gives_the_head_its_own_learning_rate(tokenizer):
                 eval_split=None)
     assert torch.equal(model.head.weight, head_before)
     assert not torch.equal(model.soft_prompt.weight, prompt_before)
+
+
+def _without_dropout(model):
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def test_head_on_cached_features_trains_exactly_like_the_full_loop(tokenizer):
+    # With dropout off, running the frozen encoder every step or once up front must give the same head.
+    heads = []
+    for trainer in (train.train, train.train_head_on_features):
+        model = _without_dropout(build_classifier(4, seed=0))
+        freeze(model)
+        unfreeze_matching(model, "head.")
+        history = trainer(model, tokenizer, _small(), epochs=2, lr=1e-2, batch_size=16, seed=0)
+        assert len(history.train_loss) == 8 and history.trainable_parameters == 384 * 4 + 4
+        heads.append((model.head.weight.detach().clone(), history.train_loss, history.final_accuracy))
+    assert torch.allclose(heads[0][0], heads[1][0], atol=1e-5)
+    assert heads[0][1] == pytest.approx(heads[1][1], abs=1e-5)
+    assert heads[0][2] == heads[1][2]
+
+
+def test_head_on_features_refuses_a_model_with_a_trainable_encoder(tokenizer):
+
+
+    model = build_classifier(4, seed=0)  # nothing frozen: full fine-tuning
+    with pytest.raises(ValueError, match="Freeze them first"):
+        train.train_head_on_features(model, tokenizer, _small(), epochs=1)
