@@ -70,7 +70,7 @@ execute: venv
 # long and resumable: each finished run is stored at once, and a second `make precompute` goes on from there.
 precompute: venv
 	$(OFFLINE) $(BIN)/python scripts/precompute.py fusion_comparison lora_sweep prefix_lengths prefix_methods
-	$(OFFLINE) $(BIN)/python scripts/precompute.py protocol_sentiment transfer_routing protocol_sst2 length_tradeoff
+	$(OFFLINE) $(BIN)/python scripts/precompute.py protocol_sentiment protocol_sst2 transfer_routing length_tradeoff
 
 # Ours vs the production twins (peft: LoRA, prompt, prefix; AdapterHub: adapter) and merged LoRA vs the
 # base model, each timed interleaved; run on an idle machine. Stores the twin ratios for lesson 06.
