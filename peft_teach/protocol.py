@@ -172,7 +172,7 @@ def save_for_task(method: str, model: nn.Module, folder) -> int:
 
 
 def summarize(stored: dict, methods: dict | None = None) -> dict[str, dict]:
-    """Per method, from a stored protocol run: the grid, the chosen lr, the curves, test mean ± std.
+    """Per method, from a stored protocol run: the grid, the chosen lr, the curves, test mean ± sample std.
 
     ``methods`` (default :data:`METHODS`) maps identifiers to anything with a ``label``
     and an ``lr_grid``, e.g. ``peft_teach.transfer.TARGET_METHODS``.
@@ -207,7 +207,7 @@ def format_grid(summary: dict[str, dict]) -> str:
 
 def format_results(summary: dict[str, dict]) -> str:
     """One line per method: trainable parameters, chosen rate, test mean ± sample std over the seeds."""
-    lines = [f"{'method':<22} {'trainable':>10} {'lr':>7}   test accuracy (mean ± std, {len(SEEDS)} seeds)"]
+    lines = [f"{'method':<22} {'trainable':>10} {'lr':>7}   test accuracy (mean ± sample std, {len(SEEDS)} seeds)"]
     for row in summary.values():
         lines.append(f"{row['label']:<22} {row['trainable']:>10,} {row['lr']:>7g}   {row['mean']:.3f} ± {row['std']:.3f}")
     return "\n".join(lines)
