@@ -165,17 +165,6 @@ def cuda_peak_memory(fn: Callable[[], object], device: torch.device) -> int:
     return torch.cuda.max_memory_allocated(device) - before
 
 
-def training_memory_estimate(model: nn.Module) -> dict[str, int]:
-    """Bytes for weights, gradients and AdamW state: exact, no measurement needed.
-
-    Gradients exist only for trainable parameters; AdamW keeps two more tensors
-    (first and second moments) per trainable parameter.
-    """
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return {"weights": total, "gradients": trainable, "optimizer_state": 2 * trainable}
-
-
 # --------------------------------------------------------------------------- exact training memory
 
 

@@ -80,6 +80,8 @@ def test_memory_counts_are_exact_and_repeatable():
     assert saved_activation_bytes(model, padded_batch()) == saved_activation_bytes(model, padded_batch())
     memory = training_memory(model, padded_batch())
     assert memory["gradients"] == 4 * trainable
+    assert memory["weights"] == 4 * sum(p.numel() for p in model.parameters())
+    assert memory["optimizer_state"] == 2 * memory["gradients"]
 
 
 def test_activations_depend_on_where_the_trainable_parameters_sit():
