@@ -72,11 +72,13 @@ precompute: venv
 	$(OFFLINE) $(BIN)/python scripts/precompute.py fusion_comparison lora_sweep prefix_lengths prefix_methods
 	$(OFFLINE) $(BIN)/python scripts/precompute.py protocol_sentiment protocol_sst2 transfer_routing length_tradeoff
 
-# Ours vs the production twins (peft: LoRA, prompt, prefix; AdapterHub: adapter) and merged LoRA vs the
-# base model, each timed interleaved; run on an idle machine. Stores the twin ratios for lesson 06.
+# Ours vs the production twins (peft: LoRA, prompt, prefix; AdapterHub: adapter), merged LoRA vs the base
+# model, and every method vs the base model, each timed interleaved; run on an idle machine. Stores the
+# twin ratios and the method ratios for lesson 06.
 benchmark: venv adapterhub-env
 	$(OFFLINE) $(BIN)/python scripts/benchmark_lora.py --rounds 7
 	$(OFFLINE) $(BIN)/python scripts/benchmark_twins.py --rounds 7 --store
+	$(OFFLINE) $(BIN)/python scripts/benchmark_methods.py --rounds 7 --store
 	$(OFFLINE) $(AH_BIN)/python tests/adapterhub/benchmark_adapter.py --rounds 7 --store
 
 clean:

@@ -1,4 +1,11 @@
-"""Our LoRA against peft's, and merged LoRA against the base model, side by side.
+"""Timings, always as ratios measured interleaved: ours against the libraries, and every method against the base.
+
+* :func:`benchmark_lora` / :func:`benchmark_twins`: our LoRA, soft prompt and prefix
+  against peft's on the same weights (``scripts/benchmark_lora.py``, ``scripts/benchmark_twins.py``).
+* :func:`method_speed` / :func:`fusion_speed`: every method of lesson 06 against the
+  base model, and fusion against its number of adapters (``scripts/benchmark_methods.py``).
+
+The LoRA benchmark in detail:
 
 Used by ``scripts/benchmark_lora.py`` (the full run) and by lesson 05 (a short
 run). On the same inputs and the same weights (A and B copied across) it
@@ -16,6 +23,7 @@ else runs on it, which is why this is a benchmark and not a timed test.
 from __future__ import annotations
 
 import copy
+import statistics
 import warnings
 
 import torch
@@ -27,6 +35,7 @@ from peft_teach.measure import (
     cross_entropy_loss,
     format_ms,
     hidden_state_loss,
+    latency,
 )
 from peft_teach.methods.lora import add_lora, lora_layers, merge_lora
 from peft_teach.methods.prefix import add_prefix
@@ -162,3 +171,80 @@ def benchmark_twins(batch: dict[str, torch.Tensor], rounds: int = 5) -> dict[str
                            "train_step_ours_s": train["ours"], "train_step_peft_s": train["peft"],
                            "latency_ours_s": infer["ours"], "latency_peft_s": infer["peft"]}
     return results
+
+
+# --------------------------------------------------------------------------- every method: ratios to the base model
+
+
+def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def design_space_batches(tokenizer) -> dict[str, dict[str, torch.Tensor]]:
+    """The batches lesson 06 times: one review, 32 validation reviews, and a training batch of 16."""
+    from peft_teach.data import load_task
+    from peft_teach.train import make_loader
+
+    data = load_task("sentiment")
+    train = next(iter(make_loader(data["train"], tokenizer, batch_size=16)))
+    wide = next(iter(make_loader(data["validation"], tokenizer, batch_size=32)))
+    return {"batch 1": {k: v[:1] for k, v in train.items()}, "batch 32": wide, "train": train}
+
+
+def method_models(num_labels: int = 2) -> dict[str, nn.Module]:
+    """Every method of :mod:`peft_teach.protocol` on MiniLM (seed 0), plus LoRA merged, in eval mode.
+
+    Untrained weights are enough: a method's arithmetic, not the values it learned, sets its speed.
+    """
+    from peft_teach import protocol
+
+    models = {method: protocol.build_method(method, num_labels, seed=0) for method in protocol.METHODS}
+    models["lora_merged"] = merge_lora(protocol.build_method("lora", num_labels, seed=0))
+    return {name: model.eval() for name, model in models.items()}
+
+
+def method_speed(inference: dict[str, dict[str, torch.Tensor]], train_batch: dict[str, torch.Tensor],
+                 rounds: int = 3, repeats: int = 3) -> dict[str, dict[str, float]]:
+    """Inference latency and training-step time of every method, as ratios to the base model.
+
+    ``inference`` names the batches to time a forward pass on (e.g. ``{"batch 1": ..., "batch 32": ...}``);
+    each is divided by the base model's forward (head-only's model: a linear head adds nothing measurable).
+    Training steps are divided by full fine-tuning's step: the base model with every weight trained.
+    All models of one measurement are timed interleaved, in one run.
+    """
+    models = method_models()
+    speed = {}
+    for name, batch in inference.items():
+        times = compare_latency(models, _inputs(batch), rounds=rounds, repeats=repeats)
+        speed[name] = {method: seconds / times["head_only"] for method, seconds in times.items()}
+    trainable = {name: model for name, model in models.items() if name != "lora_merged"}  # merging is for inference
+    steps = compare_train_step(trainable, train_batch, rounds=rounds, repeats=repeats)
+    speed["train step"] = {method: seconds / steps["full_ft"] for method, seconds in steps.items()}
+    return speed
+
+
+def fusion_speed(batch: dict[str, torch.Tensor], max_adapters: int = 4, rounds: int = 3,
+                 repeats: int = 3) -> dict[str, float]:
+    """Inference latency of AdapterFusion over 1..``max_adapters`` adapters, as ratios to the base model.
+
+    One model holds the adapters and every fusion; switching which one runs between
+    timings keeps the weights in memory the same, so only the work per layer differs.
+    """
+    from peft_teach.methods import adapters, fusion
+
+    model = build_classifier(2, seed=0).eval()
+    names = [f"adapter_{i}" for i in range(max_adapters)]
+    for seed, name in enumerate(names):
+        adapters.add_adapter(model, name, seed=seed)
+    setups = {"base": lambda: adapters.set_active(model, None), "1 adapter": lambda: adapters.set_active(model, names[0])}
+    for n in range(1, max_adapters + 1):
+        fusion.add_fusion(model, names[:n])
+        setups[f"fusion N={n}"] = lambda n=n: fusion.set_active_fusion(model, fusion.fusion_name(names[:n]))
+    inputs = _inputs(batch)
+    samples: dict[str, list[float]] = {name: [] for name in setups}
+    for _ in range(rounds):  # interleaved: switch, time, switch, time, ...
+        for name, switch in setups.items():
+            switch()
+            samples[name].append(latency(model, inputs, repeats=repeats, warmup=1))
+    base = statistics.median(samples["base"])
+    return {name: statistics.median(times) / base for name, times in samples.items()}

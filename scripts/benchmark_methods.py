@@ -1,0 +1,50 @@
+"""Every method's speed as a ratio to the base model, and fusion's cost per adapter, for lesson 06.
+
+    python scripts/benchmark_methods.py [--rounds 7] [--store]
+
+Inference latency at batch 1 and batch 32 (/ the base model's forward) and the training
+step at batch 16 (/ full fine-tuning's step), every method timed interleaved in one run
+(``peft_teach.benchmark.method_speed``); AdapterFusion over 1-4 adapters at batch 32
+(``fusion_speed``). ``--store`` writes peft_teach/precomputed/method_speed.json, which
+lesson 06 places in its triangle beside the ratios it measures live on the learner's machine.
+Run on an idle machine: timings taken while something else runs are not worth keeping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+
+import torch
+
+from peft_teach.benchmark import design_space_batches, fusion_speed, method_speed
+from peft_teach.models import load_tokenizer
+from peft_teach.precomputed import path
+from peft_teach.train import set_seed
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--store", action="store_true", help="write peft_teach/precomputed/method_speed.json")
+    args = parser.parse_args(argv)
+
+    set_seed(0)
+    batches = design_space_batches(load_tokenizer())
+    speed = method_speed({k: batches[k] for k in ("batch 1", "batch 32")}, batches["train"], rounds=args.rounds)
+    speed["fusion batch 32"] = fusion_speed(batches["batch 32"], rounds=args.rounds)
+    for measurement, ratios in speed.items():
+        print(f"{measurement}: " + ", ".join(f"{method} {ratio:.3f}" for method, ratio in ratios.items()))
+    if args.store:
+        stored = {"results": speed, "rounds": args.rounds,
+                  "batch_shapes": {k: list(v["input_ids"].shape) for k, v in batches.items()},
+                  "machine": {"cpu": platform.processor() or platform.machine(),
+                              "threads": torch.get_num_threads(), "torch": torch.__version__}}
+        path("method_speed").write_text(json.dumps(stored, indent=2) + "\n")
+    return speed
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

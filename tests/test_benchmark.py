@@ -1,0 +1,41 @@
+"""The design-space timings (lesson 06): every method and every fusion size, as ratios to the base model.
+
+Timings themselves are not tested (they depend on the machine); what each benchmark
+returns is: the right models, the right reference, ratios and not seconds.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from peft_teach import protocol
+from peft_teach.benchmark import design_space_batches, fusion_speed, method_speed
+
+
+@pytest.fixture(scope="module")
+def batches(tokenizer):
+    found = design_space_batches(tokenizer)
+    small = {key: value[:2] for key, value in found["train"].items()}  # 2 reviews: fast
+    return found, small
+
+
+def test_design_space_batches_have_the_lesson_sizes(batches):
+    found, _ = batches
+    assert [found[k]["input_ids"].shape[0] for k in ("batch 1", "batch 32", "train")] == [1, 32, 16]
+
+
+def test_method_speed_times_every_method_against_the_base(batches):
+    _, small = batches
+    speed = method_speed({"tiny": small}, small, rounds=1, repeats=1)
+    assert set(speed) == {"tiny", "train step"}
+    assert set(speed["tiny"]) == set(protocol.METHODS) | {"lora_merged"}
+    assert set(speed["train step"]) == set(protocol.METHODS)  # a merged model is not trained
+    assert speed["tiny"]["head_only"] == 1.0 and speed["train step"]["full_ft"] == 1.0  # the references
+    assert all(ratio > 0 for ratios in speed.values() for ratio in ratios.values())
+
+
+def test_fusion_speed_grows_a_fusion_per_adapter_count(batches):
+    _, small = batches
+    ratios = fusion_speed(small, max_adapters=2, rounds=1, repeats=1)
+    assert list(ratios) == ["base", "1 adapter", "fusion N=1", "fusion N=2"]
+    assert ratios["base"] == 1.0 and all(ratio > 0 for ratio in ratios.values())
