@@ -91,6 +91,8 @@ def compare_latency(models: dict[str, nn.Module], batch: dict[str, torch.Tensor]
     Running A, B, A, B, ... instead of all A then all B keeps slow drifts of the
     machine (another program, CPU clock changes) from favouring one model.
     """
+    for model in models.values():  # one untimed pass each first: the first model timed must not pay
+        latency(model, batch, repeats=1, warmup=0)  # the process' one-off costs (thread pools, kernel choice)
     samples: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):
         for name, model in models.items():

@@ -29,8 +29,10 @@ CELLS: list[tuple[str, str]] = [
 
 **Prerequisites:** lessons 00–05 (every method here was built there).
 
-**Runtime (measured):** see the README syllabus. The protocol's 2 × 45 training runs are precomputed
-(`make precompute`); this lesson re-trains one of them live and measures memory and speed on your machine.
+**Runtime (measured):** see the README syllabus.
+
+The protocol's training runs (about 45 per task) are precomputed (`make precompute`); this lesson re-trains one
+of them live and measures memory and speed on your machine.
 
 {COLAB_NOTE}"""),
 ("code", """import tempfile
@@ -45,7 +47,7 @@ from peft_teach import precomputed, protocol, transfer
 from peft_teach.checks import expect_close
 from peft_teach.data import load_task
 from peft_teach.benchmark import design_space_batches, fusion_speed, method_speed
-from peft_teach.measure import training_memory
+from peft_teach.measure import cuda_peak_memory, training_memory
 from peft_teach.methods import adapters, fusion, lora
 from peft_teach.models import build_classifier, load_tokenizer
 from peft_teach.train import enable_determinism, make_loader, set_seed
@@ -59,6 +61,7 @@ tokenizer = load_tokenizer()
 data = load_task("sentiment")
 stored = {"sentiment": precomputed.load("protocol_sentiment"), "sst2": precomputed.load("protocol_sst2")}
 results = {task: protocol.summarize(runs) for task, runs in stored.items()}
+COLOR = {method: f"C{index}" for index, method in enumerate(protocol.METHODS)}  # one colour per method in every plot
 print({task: len(summary) for task, summary in results.items()}, "methods with all runs stored")"""),
 ("md", """## 1. One protocol for every method
 
@@ -92,11 +95,11 @@ Validation accuracy after each epoch, at the chosen learning rate (the three see
 epoch 4 means the budget, not the method, limits that number."""),
 ("code", """fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
 for ax, (task, summary) in zip(axes, results.items()):
-    for index, (method, row) in enumerate(summary.items()):
+    for method, row in summary.items():
         curves = np.array(row["curves"])
         epochs = np.arange(1, curves.shape[1] + 1)
-        ax.plot(epochs, curves.mean(0), marker="o", color=f"C{index}", label=row["label"])
-        ax.fill_between(epochs, curves.min(0), curves.max(0), color=f"C{index}", alpha=0.15)
+        ax.plot(epochs, curves.mean(0), marker="o", color=COLOR[method], label=row["label"])
+        ax.fill_between(epochs, curves.min(0), curves.max(0), color=COLOR[method], alpha=0.15)
     ax.set_title(task)
     ax.set_xlabel("epoch")
     ax.set_xticks(epochs)
@@ -120,17 +123,32 @@ would get it online with `load_glue("sst2")`."""),
     return {method: order.index(method) + 1 for method in summary}
 
 
+def near_best(summary: dict, method: str) -> bool:
+    # within noise of the best: the two means differ by no more than the two sample stds added
+    best = max(summary.values(), key=lambda row: row["mean"])
+    row = summary[method]
+    return best["mean"] - row["mean"] <= best["std"] + row["std"]
+
+
 ranks = {task: rank_of(summary) for task, summary in results.items()}
-print(f"{'method':<22} {'trainable':>10} | {'sentiment (test)':>18} rank | {'SST-2 (test)':>16} rank")
+
+
+def cell(task: str, method: str) -> str:
+    summary = results[task]
+    if method not in summary:
+        return f"{'not stored':<21}"
+    row = summary[method]
+    return f"{row['mean']:.3f} ± {row['std']:.3f} {ranks[task][method]:>3}{' ~' if near_best(summary, method) else '  '}"
+
+
+print(f"{'method':<22} {'trainable':>10} | {'sentiment: test, rank':<21} | {'SST-2: test, rank':<21}")
 for method, row in results["sentiment"].items():
-    real = results["sst2"].get(method)
-    real_text = f"{real['mean']:.3f} ± {real['std']:.3f}  {ranks['sst2'][method]:>3}" if real else "not stored"
-    print(f"{row['label']:<22} {row['trainable']:>10,} | {row['mean']:.3f} ± {row['std']:.3f}    {ranks['sentiment'][method]:>3} "
-          f"| {real_text}")"""),
+    print(f"{row['label']:<22} {row['trainable']:>10,} | {cell('sentiment', method)} | {cell('sst2', method)}")
+print("~ = within noise of the task's best method (means differ by at most the sum of the two sample stds)")"""),
 ("code", """fig, ax = plt.subplots(figsize=(7, 4))
 for marker, (task, summary) in zip(("o", "s"), results.items()):
-    for index, (method, row) in enumerate(summary.items()):
-        ax.errorbar(row["trainable"], row["mean"], yerr=row["std"], fmt=marker, color=f"C{index}", capsize=3,
+    for method, row in summary.items():
+        ax.errorbar(row["trainable"], row["mean"], yerr=row["std"], fmt=marker, color=COLOR[method], capsize=3,
                     label=row["label"] if task == "sentiment" else None)
 ax.set_xscale("log")
 ax.set_xlabel("trainable parameters (log scale; head included)")
@@ -174,9 +192,27 @@ for method, parts in memory.items():
     mb = {k: v / 2**20 for k, v in parts.items()}
     print(f"{protocol.METHODS[method].label:<22} {mb['weights']:>9.1f} {mb['gradients']:>10.2f} {mb['optimizer_state']:>9.2f} "
           f"{mb['activations']:>12.1f} {storage[method] / 2**20:>10.2f}")
-print("(MiB; one batch of 16 training reviews)")
+print("(MiB; one batch of 16 training reviews)")"""),
+("md", """On a GPU, PyTorch's allocator also keeps a peak, `torch.cuda.max_memory_allocated`
+(`peft_teach.measure.cuda_peak_memory`). It is a different number: it includes temporary buffers that live
+only inside one operation, and the allocator's rounding, but no optimizer state here (one forward and
+backward, no step). The CPU keeps no such counter, which is why the table above counts bytes instead."""),
+("code", """# NBVAL_IGNORE_OUTPUT
 if torch.cuda.is_available():
-    print("on this GPU, torch.cuda.max_memory_allocated is the allocator's peak: it adds temporary buffers.")"""),
+    gpu = torch.device("cuda")
+    on_gpu = {k: v.to(gpu) for k, v in batch.items()}
+    for method in protocol.METHODS:
+        model = protocol.build_method(method, num_labels=2, seed=0).to(gpu).train()
+
+        def forward_backward():
+            logits = model(input_ids=on_gpu["input_ids"], attention_mask=on_gpu["attention_mask"])
+            torch.nn.functional.cross_entropy(logits, on_gpu["labels"]).backward()
+
+        peak = cuda_peak_memory(forward_backward, gpu)
+        print(f"{protocol.METHODS[method].label:<22} GPU peak beyond the weights: {peak / 2**20:8.1f} MiB")
+        del model
+else:
+    print("No GPU here: torch.cuda.max_memory_allocated needs one. The counted bytes above hold on any device.")"""),
 ("code", """labels = [protocol.METHODS[m].label for m in memory]
 bottom = np.zeros(len(memory))
 fig, ax = plt.subplots(figsize=(9, 3.8))
@@ -190,11 +226,18 @@ ax.legend()
 plt.xticks(rotation=30, ha="right")
 plt.tight_layout()
 plt.show()"""),
-("md", """Two things to read off the bars. Full fine-tuning pays for gradients and AdamW state on 22.7M values; every
-PEFT method's share of those is tiny. But the activations do not shrink in the same way: LoRA, adapters,
-prefixes and prompts all need gradients that flow back through every layer, so they keep nearly as many
-activations as full fine-tuning. Only head-only training, whose trainable parameters sit *above* the whole
-frozen network, keeps almost nothing."""),
+("md", """Three things to read off the bars.
+
+- **Gradients and optimizer state follow the parameter count.** Full fine-tuning pays both on 22.7M values;
+  every PEFT method's share of them is tiny.
+- **Activations do not shrink the same way.** LoRA, adapters, prefixes and prompts all need a gradient that
+  flows back through every layer down to their lowest parameter, so autograd still keeps most of what full
+  fine-tuning keeps: the inputs of the softmax, the GELU, the LayerNorms. What they save is the inputs of
+  the *frozen* linear layers: a frozen weight needs no gradient, and the gradient for the layer's input needs
+  only the weight itself. Only head-only training, whose trainable parameters sit *above* the whole frozen
+  network, keeps almost nothing.
+- **The soft prompt keeps more than full fine-tuning.** Its l = 20 extra positions make every layer's
+  sequence longer, and on short reviews that costs more than the frozen linear layers save."""),
 ("md", """## 4. Speed: ratios, measured interleaved
 
 A timing on a shared or laptop machine drifts: other programs, clock changes. So we never compare two numbers
@@ -202,10 +245,10 @@ measured minutes apart. `compare_latency` and `compare_train_step` run the model
 and report each as a ratio to the base model measured in the same run. The ratios still depend on the machine
 (your CPU, threads, GPU), which is why this cell's output is not checked by the tests."""),
 ("code", """# NBVAL_IGNORE_OUTPUT
-# Your machine, now: a short run (3 interleaved rounds). Not checked by the tests: timings differ per machine.
+# Your machine, now: a short run (2 interleaved rounds). Not checked by the tests: timings differ per machine.
 timed = design_space_batches(tokenizer)
-live_speed = method_speed({k: timed[k] for k in ("batch 1", "batch 32")}, timed["train"], rounds=3, repeats=3)
-live_speed["fusion batch 32"] = fusion_speed(timed["batch 32"], rounds=3, repeats=3)
+live_speed = method_speed({k: timed[k] for k in ("batch 1", "batch 32")}, timed["train"], rounds=2, repeats=2)
+live_speed["fusion batch 32"] = fusion_speed(timed["batch 32"], rounds=2, repeats=2)
 print(f"{'method':<14} {'infer b=1':>10} {'infer b=32':>11} {'train step':>11}   (inference / base, step / full FT)")
 for method in live_speed["batch 1"]:
     print(f"{method:<14} {live_speed['batch 1'][method]:>10.2f} {live_speed['batch 32'][method]:>11.2f} "
@@ -262,28 +305,33 @@ if not twins:
     print("no stored benchmark yet: run `make benchmark` on an idle machine")"""),
 ("md", """## 5. The triangle: capacity, memory, speed
 
-Each method gets three scores between 0 and 1, from this lesson's measurements:
+A design card often draws PEFT methods in a triangle whose corners are the three things you can want:
+**Capacity** (accuracy), **Memory** (little of it to train) and **Speed** (fast to train and to run). To place
+a method from *measurements* we need one score per corner, each between 0 and 1, and each relative to the two
+baselines we already have:
 
-- **Capacity** $C$: where its test accuracy sits between head-only (0) and full fine-tuning (1), averaged over
-  the two tasks (clipped to [0, 1]);
-- **Memory** $M$: how little training memory beyond the weights it needs (gradients + AdamW state +
-  activations), on a log scale between the most (0) and the least (1) of all methods;
-- **Speed** $S$: the mean of base latency / its latency (batch 32) and the fastest training step / its step.
+- **Capacity** $C$: where the method's test accuracy sits between head-only (0) and full fine-tuning (1),
+  averaged over the tasks stored for it (generated sentiment and SST-2), clipped to [0, 1].
+- **Memory** $M$: where its total training memory (weights + gradients + AdamW state + saved activations, the
+  counted bytes of section 3) sits between full fine-tuning's (0) and head-only's (1), on a linear scale: the
+  bytes you would have to fit on a GPU.
+- **Speed** $S$: the mean of two ratios, each capped at 1: the base model's inference latency / the method's
+  (batch 32), and the fastest training step of all methods / the method's (the stored timings of section 4).
 
-The point is the normalised triple $(C, M, S) / (C + M + S)$: barycentric coordinates in the triangle whose
-corners are Capacity, Memory and Speed. A method near a corner is strong on that axis *relative to its other
-two*; a method in the middle is balanced. Note what this hides: the sum. Head-only is weak on capacity but its
-memory score pulls it to the Memory corner; read the table with the picture."""),
+A point's position is the normalised triple $(C, M, S) / (C + M + S)$, used as weights of the three corners
+(barycentric coordinates). A method near a corner is strong on that axis *relative to its other two*; a method
+in the middle is balanced. What the picture hides is the sum: a method good at everything and one bad at
+everything both sit in the middle. So read the table of scores with it."""),
 ("code", """methods = list(protocol.METHODS)
 head, full = "head_only", "full_ft"
 capacity = {m: float(np.mean([np.clip((results[t][m]["mean"] - results[t][head]["mean"]) /
                                       (results[t][full]["mean"] - results[t][head]["mean"]), 0, 1)
                               for t in results if m in results[t]])) for m in methods}
 extra = {m: memory[m]["gradients"] + memory[m]["optimizer_state"] + memory[m]["activations"] for m in methods}
-low, high = np.log(min(extra.values())), np.log(max(extra.values()))
-memory_score = {m: (high - np.log(extra[m])) / (high - low) for m in methods}
-fastest_step = min(speed["train step"].values())
-speed_score = {m: 0.5 * (1 / speed["batch 32"][m] + fastest_step / speed["train step"][m]) for m in methods}
+total = {m: memory[m]["weights"] + extra[m] for m in methods}
+memory_score = {m: (total[full] - total[m]) / (total[full] - total[head]) for m in methods}
+fastest_step = min(speed["train step"][m] for m in methods)
+speed_score = {m: 0.5 * (min(1.0, 1 / speed["batch 32"][m]) + fastest_step / speed["train step"][m]) for m in methods}
 
 corners = np.array([[0.5, np.sqrt(3) / 2], [0.0, 0.0], [1.0, 0.0]])  # Capacity (top), Memory, Speed
 fig, ax = plt.subplots(figsize=(6, 5.4))
@@ -292,28 +340,40 @@ for (x, y), name in zip(corners, ("Capacity", "Memory", "Speed")):
     ax.annotate(name, (x, y), textcoords="offset points", xytext=(0, 8 if name == "Capacity" else -14),
                 ha="center", fontweight="bold")
 print(f"{'method':<22} {'C':>5} {'M':>5} {'S':>5}")
-for index, m in enumerate(methods):
+for m in methods:
     triple = np.array([capacity[m], memory_score[m], speed_score[m]])
     point = triple / triple.sum() @ corners
-    ax.scatter(*point, color=f"C{index}", s=60, zorder=3)
+    ax.scatter(*point, color=COLOR[m], s=60, zorder=3)
     ax.annotate(protocol.METHODS[m].label, point, textcoords="offset points", xytext=(5, 3), fontsize=7)
     print(f"{protocol.METHODS[m].label:<22} {capacity[m]:>5.2f} {memory_score[m]:>5.2f} {speed_score[m]:>5.2f}")
 ax.set_axis_off()
 ax.set_title("Each method placed by its measured capacity, memory and speed")
 plt.show()"""),
-("md", """**The placements a design card would make, against ours.** A common picture puts adapters near Capacity,
-LoRA on the Capacity–Memory edge, and prompts near Speed. The cell below names, for each of those, the corner
-our measured point is closest to, so you can see where the picture holds on this model and where it does not."""),
-("code", """def nearest_corner(m: str) -> str:
+("md", """**Seed 002's placements, against ours.** The course's design seed (seed 002) places adapters near the
+Capacity corner, LoRA on the Capacity–Memory edge, and prompts near the Speed corner. Each claim becomes a test
+on the measured triple: "near a corner" means that corner has the largest weight; "on an edge" means the third
+corner has the smallest."""),
+("code", """CORNERS = ("Capacity", "Memory", "Speed")
+
+
+def weights(m: str) -> np.ndarray:
     triple = np.array([capacity[m], memory_score[m], speed_score[m]])
-    return ("Capacity", "Memory", "Speed")[int(np.argmax(triple / triple.sum()))]
+    return triple / triple.sum()
+
+
+def placement_holds(m: str, claim: str) -> bool:
+    w = weights(m)
+    if "edge" in claim:  # "Capacity-Memory edge": the corner left out has the smallest weight
+        left_out = next(c for c in CORNERS if c not in claim)
+        return CORNERS[int(np.argmin(w))] == left_out
+    return CORNERS[int(np.argmax(w))] in claim
 
 
 for method, claim in (("pfeiffer", "near Capacity"), ("houlsby", "near Capacity"), ("lora", "Capacity-Memory edge"),
                       ("soft_prompt", "near Speed")):
-    measured = nearest_corner(method)
-    verdict = "holds" if measured in claim else "does not hold here"
-    print(f"{protocol.METHODS[method].label:<22} claimed {claim:<22} measured: strongest on {measured:<9} -> {verdict}")"""),
+    w = weights(method)
+    print(f"{protocol.METHODS[method].label:<20} claimed {claim:<21} measured weights C {w[0]:.2f}  M {w[1]:.2f}  "
+          f"S {w[2]:.2f} -> {'holds' if placement_holds(method, claim) else 'does not hold'}")"""),
 ("md", """## 6. One view of all of them: a change Δh of the hidden state
 
 He et al. (ICLR 2022, *Towards a Unified View of Parameter-Efficient Transfer Learning*, Sec. 3) write every
@@ -414,7 +474,11 @@ batch 16, its own learning rate chosen on validation, test mean ± sample std ov
 - **AdapterFusion**: the four source adapters (lesson 01) stay frozen; a fusion layer learns to mix them.
 - **Joint multi-task training**: one adapter shared by all five tasks, one head each, trained together.
 - **Single adapter per task**: a new adapter on the target only (no source knowledge).
-- **Multi-task prompt tuning**: one soft prompt trained on the four sources together, then tuned on the target."""),
+- **Multi-task prompt tuning**: one soft prompt trained on the four sources together, then tuned on the target.
+
+**Not complete yet.** These runs take several hours on a 2-core CPU, so `make precompute` stores each one as it
+finishes and resumes across sessions. The cells below show every method and measurement stored so far and say
+"not precomputed yet" for the rest."""),
 ("code", """try:
     routing_runs = precomputed.load("transfer_routing")
 except FileNotFoundError:
@@ -422,19 +486,23 @@ except FileNotFoundError:
 shared = transfer.summarize(routing_runs)
 print(protocol.format_results(shared["methods"]) if shared["methods"] else "not precomputed yet")"""),
 ("code", """fig, ax = plt.subplots(figsize=(7.5, 3.6))
-for index, (method, row) in enumerate(shared["methods"].items()):
+if not shared["methods"]:
+    ax.text(0.5, 0.5, "no transfer runs stored yet", ha="center", transform=ax.transAxes)
+for method, row in shared["methods"].items():  # the methods stored so far, one colour each
+    color = f"C{list(transfer.TARGET_METHODS).index(method)}"
     curves = np.array(row["curves"])
     epochs = np.arange(1, curves.shape[1] + 1) * 16   # 16 steps per epoch on 256 examples
-    ax.plot(epochs, curves.mean(0), color=f"C{index}", label=row["label"])
-    ax.fill_between(epochs, curves.min(0), curves.max(0), color=f"C{index}", alpha=0.12)
+    ax.plot(epochs, curves.mean(0), color=color, label=row["label"])
+    ax.fill_between(epochs, curves.min(0), curves.max(0), color=color, alpha=0.12)
 ax.set_xlabel("training steps on the target (batch 16)")
 ax.set_ylabel("validation accuracy")
 ax.set_title("routing: how fast each method learns from 256 examples (mean, min-max of 3 seeds)")
-ax.legend(fontsize=7, loc="lower right")
+if shared["methods"]:
+    ax.legend(fontsize=7, loc="lower right")
 plt.tight_layout()
 plt.show()"""),
-("md", """The table below puts seed 001's claims beside our measurements. Rows whose value depends on this machine's
-timing (inference overhead) come from section 4's ratios; everything else is stored."""),
+("md", """The table below puts seed 001's claims beside our measurements: accuracies and parameter counts from the
+stored transfer runs, the inference row from section 4's stored timings."""),
 ("code", """m = shared["methods"]
 full = m["full_ft"]["mean"] if "full_ft" in m else float("nan")
 
@@ -490,6 +558,52 @@ steps_alone = transfer.STEPS
 print(f"adding a task: fusion = 1 new adapter + a new fusion ({steps_alone} steps each); "
       f"joint = retrain on all tasks ({steps_alone} steps x every task's batch); "
       f"single adapter or prompt = {steps_alone} steps on the new task only")"""),
+("md", """### Fusion beside the other ways to combine tasks, and its limits
+
+Seed 001 also places fusion among its neighbours. Each point is a property of the mechanism; where this lesson
+measured it, the section is named.
+
+- **Fusion vs LoRA.** A LoRA module changes one task's weights and, merged, costs nothing at inference
+  (section 4). LoRA modules of several tasks can be switched or added together, but nothing in LoRA learns
+  *which* to use for an input. Fusion learns that, per layer and per token, at the price of running all N
+  adapters: adapters are non-linear, so they cannot be merged away.
+- **Fusion vs (multi-task) prompt tuning.** A shared prompt carries the source tasks into the target through
+  its *initialisation* (SPoT-style transfer); afterwards it is one prompt. Fusion keeps each task in its own
+  module and mixes them at run time, so the sources stay intact.
+- **Fusion vs Mixture-of-Experts routing.** Fusion's softmax over adapters is a router over experts, with the
+  FFN output as the query, much like an MoE gate. Two differences: an MoE layer usually runs only its top-k
+  experts, so its compute stays flat as experts are added, while fusion runs all N (section 4's slope); and MoE
+  experts are trained together with their router, while fusion's adapters are trained first and frozen.
+- **Limitations.** (1) A *sequential bottleneck*: every adapter sits in the path of every layer, after the
+  FFN, and the next layer waits for the fused result. (2) A *static library*: fusion can only compose the
+  adapters it has; a new source task means a new adapter and a new round of fusion training. (3) *Latency*
+  that grows linearly with the number of adapters."""),
+("md", """## 9. Deployment: many tasks on one frozen model, at the edge and in real time
+
+Seed 000 frames PEFT as a deployment question: one frozen base model that serves many tasks, perhaps on a small
+device, perhaps under a latency limit. Three of this lesson's measurements answer it directly: the file each
+task adds (section 3), the latency at batch 1, the real-time case of one request at a time (section 4), and
+whether switching tasks touches the base weights."""),
+("code", """base_bytes = memory["full_ft"]["weights"]  # one copy of the model
+print(f"{'method':<22} {'disk for 1 / 10 / 100 tasks (MiB, one base model + task files)':<62} latency b=1")
+
+
+def disk_for(method: str, tasks: int) -> int:
+    if method == "full_ft":
+        return tasks * storage[method]  # a whole model per task
+    return base_bytes + tasks * storage[method]  # the base once, a small file per task
+
+
+for method in methods:
+    cells = " / ".join(f"{disk_for(method, n) / 2**20:,.0f}" for n in (1, 10, 100))
+    print(f"{protocol.METHODS[method].label:<22} {cells:<62} {speed['batch 1'][method]:.2f}")
+print(f"{'LoRA (r=8), merged':<22} {'(as LoRA on disk; one task at a time in memory)':<62} {speed['batch 1']['lora_merged']:.2f}")"""),
+("md", """How to read it. With full fine-tuning every task is a whole model on disk and in memory. With any PEFT
+method the base model is stored once and each task adds a small file; switching tasks swaps that small set of
+tensors (an adapter, a prefix, a prompt, LoRA's A and B) and leaves the base weights untouched. Merged LoRA is
+the exception: it has the base model's exact shape and latency, but its task lives *inside* the weights, so
+serving another task means unmerging and merging again. For an edge device that serves one task, merged LoRA
+is the natural choice; for a server that switches tasks per request, unmerged LoRA, adapters or prefixes are."""),
 ("md", """## Summary
 
 - One protocol for every method (same data, budget, seeds; a learning rate per method chosen on validation;
@@ -500,27 +614,27 @@ print(f"adding a task: fusion = 1 new adapter + a new fusion ({steps_alone} step
 - Speed must be measured as ratios in one interleaved run; merged LoRA has the base model's shape, adapters and
   fusion add work in every layer, and fusion's work grows with its number of adapters.
 - The triangle is a summary of three normalised measurements: its corners depend on the normalisation, so
-  always read it with the numbers.
-
-## Check your understanding
+  always read it with the numbers."""),
+("md", """## Check your understanding
 
 1. Why is the learning rate chosen on validation and the accuracy reported on test? What would change if both
    used the test split?
-2. LoRA trains 0.3% of the parameters. Why does it still keep almost as many activations as full fine-tuning?
-   Which method keeps (almost) none, and why?
+2. LoRA trains a fraction of a percent of the parameters. Why does it still keep most of full fine-tuning's
+   activations? Which method keeps (almost) none, and why?
 3. You serve 200 tasks on one GPU. Which two measurements of this lesson decide your method, and which method do
    they point to here?
 4. The sample standard deviation over 3 seeds is itself uncertain. Two methods differ by less than one std:
    what would you do before claiming one is better?
-5. Change the capacity score to use only SST-2. Which points move most in the triangle, and why?
-
-## Further reading
+5. Change the capacity score to use only SST-2. Which points move most in the triangle, and why?"""),
+("md", """## Further reading
 
 - J. He et al., *Towards a Unified View of Parameter-Efficient Transfer Learning*, ICLR 2022 (Sec. 3, Fig. 1, Table 1).
 - N. Houlsby et al., *Parameter-Efficient Transfer Learning for NLP*, ICML 2019 (Table 1).
 - B. Lester et al., *The Power of Scale for Parameter-Efficient Prompt Tuning*, EMNLP 2021 (Fig. 1).
 - A. Rücklé et al., *AdapterDrop: On the Efficiency of Adapters in Transformers*, EMNLP 2021 (inference overhead).
-- E. Hu et al., *LoRA*, ICLR 2022 (Table 1: latency of adapters vs LoRA)."""),
+- E. Hu et al., *LoRA*, ICLR 2022 (Table 1: latency of adapters vs LoRA; Table 2: GLUE).
+- J. Pfeiffer et al., *AdapterFusion: Non-Destructive Task Composition for Transfer Learning*, EACL 2021 (Table 1).
+- T. Vu et al., *SPoT: Better Frozen Model Adaptation through Soft Prompt Transfer*, ACL 2022."""),
 ]
 
 

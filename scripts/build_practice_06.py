@@ -14,7 +14,7 @@ CELLS = [
 
 {colab_badge('exercises/06_design_space.ipynb')}
 
-Five short tasks on lesson 06. Write your code where it says `# TODO`, then run the check cell
+Six short tasks on lesson 06. Write your code where it says `# TODO`, then run the check cell
 below it: it says **[not attempted]**, **[incorrect]** with a hint, or **[correct]**.
 
 **Prerequisites:** lesson 06 (`notebooks/06_design_space.ipynb`). **Runtime:** under a minute on a 2-core CPU
@@ -25,7 +25,7 @@ below it: it says **[not attempted]**, **[incorrect]** with a hint, or **[correc
 
 import torch
 
-from peft_teach.questions.lesson_06 import q1, q2, q3, q4, q5"""),
+from peft_teach.questions.lesson_06 import q1, q2, q3, q4, q5, q6"""),
 ("md", """## Task 1 — mean ± sample standard deviation
 
 `accuracies` is a (methods, seeds) tensor of test accuracies. Return a (methods, 2) tensor: for each method
@@ -90,6 +90,20 @@ Which of these methods keeps almost no activations for the backward pass: `"head
 answer_q5 = "head only"
 ### END SOLUTION"""),
 ("code", """_ = q5.check(answer_q5)"""),
+("md", """## Task 6 — capacity on real sentences, from the stored runs
+
+Lesson 06's triangle scores capacity on a scale from head-only (0) to full fine-tuning (1). Write
+`capacity_score(summary, method)`: `summary` is what `protocol.summarize` returns for a stored protocol run
+(test accuracy at each method's chosen learning rate, mean over the seeds under `"mean"`); clip the score to
+[0, 1] as the lesson does. The check runs it
+on the SST-2 sample's stored runs for several methods. Then look at LoRA's score on both tasks: is it closer
+to full fine-tuning on real sentences or on the generated task?"""),
+("code", """def capacity_score(summary, method):
+    ### BEGIN SOLUTION
+    head, full = summary["head_only"]["mean"], summary["full_ft"]["mean"]
+    return min(max((summary[method]["mean"] - head) / (full - head), 0.0), 1.0)
+    ### END SOLUTION"""),
+("code", """_ = q6.check(capacity_score)"""),
 ]
 
 

@@ -67,3 +67,17 @@ def test_merging_must_unwrap_and_keep_the_update():
     assert lesson_05.q6.check(lora.merge_lora) == INCORRECT  # still LoRALinear wrappers
     assert lesson_05.q6.check(unwrap_without_merging) == INCORRECT
     assert lesson_05.q6.check(merge_and_unwrap) == CORRECT
+
+
+def test_capacity_needs_both_baselines_and_the_clip():
+    from peft_teach.questions import lesson_06
+
+    def fraction_of_full_ft(summary, method):  # forgets that head-only is the scale's zero
+        return summary[method]["mean"] / summary["full_ft"]["mean"]
+
+    def right(summary, method):
+        head, full = summary["head_only"]["mean"], summary["full_ft"]["mean"]
+        return min(max((summary[method]["mean"] - head) / (full - head), 0.0), 1.0)
+
+    assert lesson_06.q6.check(fraction_of_full_ft) == INCORRECT
+    assert lesson_06.q6.check(right) == CORRECT

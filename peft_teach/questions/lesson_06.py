@@ -100,3 +100,28 @@ q5 = Question(
     hint="A layer needs its activations kept only if a gradient must flow through it. Where is the lowest "
          "trainable parameter of each method?",
 )
+
+# ----------------------------------------------------------------- Q6: capacity on real sentences, from the stored runs
+
+
+def _grade_capacity(function) -> None:
+    from peft_teach import precomputed, protocol
+
+    assert callable(function), "Pass the function itself (no parentheses)."
+    summary = protocol.summarize(precomputed.load("protocol_sst2"))
+    head, full = summary["head_only"]["mean"], summary["full_ft"]["mean"]
+    for method in ("lora", "pfeiffer", "soft_prompt"):
+        if method not in summary:
+            continue  # not precomputed (yet)
+        expected = min(max((summary[method]["mean"] - head) / (full - head), 0.0), 1.0)
+        answer = function(summary, method)
+        assert isinstance(answer, (int, float)), f"Return a number, not {type(answer).__name__}."
+        assert abs(answer - expected) <= 1e-9, f"The score of {method!r} does not match."
+
+
+q6 = Question(
+    title="Q6 a method's capacity score on SST-2, from the stored protocol runs",
+    grader=_grade_capacity,
+    hint="Place the method's mean test accuracy on a scale whose two ends are the two baselines' means: "
+         "0 at one end, 1 at the other.",
+)
