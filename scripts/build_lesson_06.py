@@ -2,13 +2,16 @@
 
 Kept as a script while the lesson is young: one place to edit the source, then
 ``python scripts/execute_notebooks.py notebooks/06_design_space.ipynb`` stores it executed.
+``--markdown-only`` copies changed prose into the executed notebook (its code cells must be unchanged).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nbformat
+import publish_runtimes
 from course_meta import COLAB_NOTE, KERNELSPEC, colab_badge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -247,8 +250,8 @@ and report each as a ratio to the base model measured in the same run. The ratio
 ("code", """# NBVAL_IGNORE_OUTPUT
 # Your machine, now: a short run (2 interleaved rounds). Not checked by the tests: timings differ per machine.
 timed = design_space_batches(tokenizer)
-live_speed = method_speed({k: timed[k] for k in ("batch 1", "batch 32")}, timed["train"], rounds=2, repeats=2)
-live_speed["fusion batch 32"] = fusion_speed(timed["batch 32"], rounds=2, repeats=2)
+live_speed = method_speed({k: timed[k] for k in ("batch 1", "batch 32")}, timed["train"], rounds=2, repeats=1)
+live_speed["fusion batch 32"] = fusion_speed(timed["batch 32"], rounds=2, repeats=1)
 print(f"{'method':<14} {'infer b=1':>10} {'infer b=32':>11} {'train step':>11}   (inference / base, step / full FT)")
 for method in live_speed["batch 1"]:
     print(f"{method:<14} {live_speed['batch 1'][method]:>10.2f} {live_speed['batch 32'][method]:>11.2f} "
@@ -279,6 +282,25 @@ axes[1].set_xticks(range(len(train_names)), train_names, rotation=35, ha="right"
 axes[1].set_title("training step / full fine-tuning step (stored)")
 plt.tight_layout()
 plt.show()"""),
+("md", """**How much of this is noise?** Head-only training and full fine-tuning run the very same forward pass at
+inference (the same network, a head of the same size), so their ratio is a control: any distance from 1 is the
+machine's noise, not a method. Differences between methods smaller than that are not resolved by this run."""),
+("code", """for batch_name in ("batch 1", "batch 32"):
+    print(f"noise floor at {batch_name}: full FT / base = {speed[batch_name]['full_ft']:.2f} (identical forward passes)")
+resolved = {m: speed["batch 32"][m] for m in speed["batch 32"]
+            if abs(speed["batch 32"][m] - 1) > abs(speed["batch 32"]["full_ft"] - 1)}
+print("inference ratios at batch 32 beyond that floor:", {m: round(r, 2) for m, r in resolved.items()})
+print(f"training step: head-only {speed['train step']['head_only']:.2f}, PEFT methods "
+      f"{min(v for m, v in speed['train step'].items() if m not in ('head_only', 'full_ft')):.2f} to "
+      f"{max(v for m, v in speed['train step'].items() if m not in ('head_only', 'full_ft')):.2f} of a full fine-tuning step")"""),
+("md", """Read with that floor in mind, the stored timings say three things. At inference, the soft prompt is by far the
+slowest: its extra positions lengthen the sequence in every layer, which costs most on short inputs at batch 32;
+Houlsby's two adapters per layer and the prefix's MLP (timed unfolded: it recomputes the prefix on every
+forward until `fold()` removes it) sit just beyond the floor; merged LoRA has the base model's shape and its
+latency, and the rest cannot be told apart from the base model here. In training, head-only is by far the
+cheapest step (no backward pass through the encoder), and every other PEFT method costs a bit more than half a
+full fine-tuning step: the backward pass through the frozen network remains, only the weight gradients and the
+optimizer's work shrink. The soft prompt's step is again the dearest of the PEFT methods, for the same reason."""),
 ("md", """**Fusion grows with the number of adapters.** AdapterFusion runs *all* its adapters in every layer, then
 attends over their outputs, so its cost should grow linearly with N. Adapter weights do not change the
 arithmetic, so random ones are enough to time it (`peft_teach.benchmark.fusion_speed`; the stored run, and
@@ -300,9 +322,17 @@ except FileNotFoundError:
 for library, run in twins.items():
     print(f"ours / {library} ({run['machine']['threads']} threads, torch {run['machine']['torch']}):")
     for method, row in run["results"].items():
-        print(f"  {method:<12} train step {row['train_ratio']:.2f}   inference {row['latency_ratio']:.2f}")
+        verdict = "within" if max(row["train_ratio"], row["latency_ratio"]) <= 1.05 else "ABOVE"
+        print(f"  {method:<12} train step {row['train_ratio']:.2f}   inference {row['latency_ratio']:.2f}   "
+              f"({verdict} the 1.05 target)")
 if not twins:
     print("no stored benchmark yet: run `make benchmark` on an idle machine")"""),
+("md", """The adapter matches AdapterHub. Against peft, some ratios sit above the 1.05 target. We do not read them as
+a slowdown of ours yet: they are the size of the noise floor measured above, and in the same `make benchmark`
+run the LoRA pair, timed again on its own by `scripts/benchmark_lora.py`, came out within the target. Both sides
+do the same tensor work (the parity tests show the same outputs); ours attaches the soft prompt through forward
+hooks and the prefix through a registered attention function, peft through its model wrapper. A quiet machine
+decides: rerun `make benchmark` there before concluding either way."""),
 ("md", """## 5. The triangle: capacity, memory, speed
 
 A design card often draws PEFT methods in a triangle whose corners are the three things you can want:
@@ -374,6 +404,12 @@ for method, claim in (("pfeiffer", "near Capacity"), ("houlsby", "near Capacity"
     w = weights(method)
     print(f"{protocol.METHODS[method].label:<20} claimed {claim:<21} measured weights C {w[0]:.2f}  M {w[1]:.2f}  "
           f"S {w[2]:.2f} -> {'holds' if placement_holds(method, claim) else 'does not hold'}")"""),
+("md", """Read the verdicts with the weights beside them. The adapters' and LoRA's placements hold by the letter of
+the test, but their three weights differ by a few hundredths only: measured, every one of these methods sits
+near the middle of the triangle, and so do the prefixes and Prefix-Tuning+. Nothing here puts adapters near
+the Capacity corner or LoRA on an edge; that picture needs methods that give up much more on one axis. The
+soft prompt's placement fails outright: it is the *slowest* PEFT method in section 4, and its weight goes to
+Memory, the only axis on which it is not behind."""),
 ("md", """## 6. One view of all of them: a change Δh of the hidden state
 
 He et al. (ICLR 2022, *Towards a Unified View of Parameter-Efficient Transfer Learning*, Sec. 3) write every
@@ -425,6 +461,10 @@ guide = {
 }
 for constraint, winner in guide.items():
     print(f"{constraint:<48} -> {LABELS[winner]}")"""),
+("md", """A winner is only as good as its margin. The speed rows pick the smallest stored ratio, and section 4's noise
+floor is larger than the gaps between most PEFT methods at inference: there, merged LoRA, Prefix-Tuning+, the
+Pfeiffer adapter and the prefix are a tie on this machine. The memory and disk rows are counted bytes, so their
+winners are exact; the accuracy rows come with the ± of section 2."""),
 ("md", """### Common claims, against our measurements
 
 Each row: a claim you will meet, and what this lesson measured on MiniLM (22.7M parameters). The cell prints
@@ -460,8 +500,33 @@ Does the generated task's verdict hold on real data? The ranks of section 2 answ
 ("code", """for method in results["sentiment"]:
     if method in results["sst2"]:
         a, b = ranks["sentiment"][method], ranks["sst2"][method]
-        note = "same rank" if a == b else ("better on SST-2" if b < a else "worse on SST-2")
+        if near_best(results["sentiment"], method) and near_best(results["sst2"], method):
+            note = "within noise of the best on both"
+        else:
+            note = "same rank" if a == b else ("ranks higher on SST-2" if b < a else "ranks lower on SST-2")
         print(f"{protocol.METHODS[method].label:<22} rank {a} (generated) vs {b} (SST-2): {note}")"""),
+("md", """What the real sentences change, method by method:
+
+- **The generated task cannot rank the strong methods; SST-2 can, a little.** On `sentiment`, full
+  fine-tuning, both adapters, Prefix-Tuning+ and LoRA all sit within noise of the best (the `~` marks in
+  section 2): the task is solved, and their order there is noise. On SST-2 full fine-tuning leads on its own;
+  the two adapters, LoRA and both prefixes follow, one to two and a half points behind it and mostly within
+  noise of each other; Prefix-Tuning+, still climbing there, comes next. No PEFT method matches full
+  fine-tuning on real sentences at this budget and model size.
+- **Prompt tuning is the case to watch.** On generated reviews the soft prompt is barely above head-only
+  (0.664 against 0.612) and still climbing after 300 steps; on SST-2 it is clearly above head-only (0.807
+  against 0.788) with flat curves, yet still below every other PEFT method. Our reading, not a measurement:
+  the generated labels hinge on negation and contrast ("not bad", "but"), which the frozen encoder has to
+  re-route token by token, and a prompt at the input can only steer that slowly (lesson 03's probe with 4x the
+  epochs got there); SST-2's labels ride more on the words themselves, which MiniLM's frozen features already
+  expose. So "prompt tuning is the weakest method at this model size" holds on both tasks; *how far* behind it
+  falls depends on the task.
+- **Head-only stays last on both, but its gap to full fine-tuning is far smaller on SST-2**, for the same
+  reason: a linear probe on frozen features is a strong baseline where the features already carry the label,
+  and a weak one where they do not.
+- **Not everything converged on SST-2.** Section 1 lists the methods still gaining more than a point in their
+  last epoch; their seed-0 probes with 4x the epochs are not stored yet, so their SST-2 numbers are lower
+  bounds of what a longer budget would give."""),
 ("md", """## 8. Many tasks on one model: seed 001's comparison, measured
 
 The course's design seed (seed 001) compares four ways to use several source tasks for a new, low-resource one,
@@ -614,7 +679,14 @@ is the natural choice; for a server that switches tasks per request, unmerged Lo
 - Speed must be measured as ratios in one interleaved run; merged LoRA has the base model's shape, adapters and
   fusion add work in every layer, and fusion's work grows with its number of adapters.
 - The triangle is a summary of three normalised measurements: its corners depend on the normalisation, so
-  always read it with the numbers."""),
+  always read it with the numbers. Measured here, adapters, prefixes, Prefix-Tuning+ and LoRA land close
+  together near its middle: they buy most of full fine-tuning's accuracy and most of head-only's memory saving,
+  and all still pay for a backward pass through the frozen network. The soft prompt is not the fast method a design card makes it: longer sequences cost it
+  time and activations.
+- A generated task can be solved by every strong method at once; real sentences (SST-2) are what separate
+  them, and they move prompt tuning and head-only the most.
+- Seed 001's transfer table is only partly measured yet (section 8); its claims stay open until the transfer
+  runs are stored."""),
 ("md", """## Check your understanding
 
 1. Why is the learning rate chosen on validation and the accuracy reported on test? What would change if both
@@ -643,9 +715,34 @@ def build() -> nbformat.NotebookNode:
     notebook.metadata["kernelspec"] = KERNELSPEC
     notebook.cells = [nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
                       for kind, src in CELLS]
+    runtimes = json.loads(publish_runtimes.RUNTIMES.read_text())
+    lesson = "notebooks/06_design_space.ipynb"
+    if lesson in runtimes["seconds"]:  # the header states the published runtime, as every lesson's does
+        notebook.cells[0].source = publish_runtimes.expected_first_cell(notebook.cells[0].source, runtimes, lesson)
     return notebook
 
 
+def refresh_markdown(path: Path) -> None:
+    """Write the current prose around the executed code cells of ``path``, keeping their outputs.
+
+    Only for prose changes: the code cells must be the same, in the same order.
+    """
+    stored, fresh = nbformat.read(path, as_version=4), build()
+    executed = [cell for cell in stored.cells if cell.cell_type == "code"]
+    if [c.source for c in executed] != [c.source for c in fresh.cells if c.cell_type == "code"]:
+        raise SystemExit("The code cells changed: rebuild without --markdown-only and execute the notebook again.")
+    code = iter(executed)
+    stored.cells = [next(code) if cell.cell_type == "code" else cell for cell in fresh.cells]
+    nbformat.write(stored, path)
+
+
 if __name__ == "__main__":
-    nbformat.write(build(), ROOT / "notebooks" / "06_design_space.ipynb")
-    print("wrote notebooks/06_design_space.ipynb")
+    import sys
+
+    target = ROOT / "notebooks" / "06_design_space.ipynb"
+    if "--markdown-only" in sys.argv:
+        refresh_markdown(target)
+        print("updated the prose of notebooks/06_design_space.ipynb (outputs kept)")
+    else:
+        nbformat.write(build(), target)
+        print("wrote notebooks/06_design_space.ipynb")

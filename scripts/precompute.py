@@ -4,6 +4,7 @@
     python scripts/precompute.py lora_sweep        # lesson 05: ranks and target modules
     python scripts/precompute.py prefix_lengths    # lesson 03: prefix length sweep
     python scripts/precompute.py prefix_methods    # lesson 04: 3 methods x 3 seeds, short and long inputs
+    python scripts/precompute.py full_ft_update_spectrum  # lesson 05: how low-rank a converged update is
     python scripts/precompute.py protocol_sentiment protocol_sst2   # lesson 06: every method under the protocol
     python scripts/precompute.py transfer_routing  # lessons 02 and 06: the target task with and without sources
     python scripts/precompute.py length_tradeoff   # lesson 04: short and long inputs, and a long prefix
@@ -82,6 +83,28 @@ def prefix_methods(tokenizer) -> tuple[dict, dict]:
     recipe = {**experiments.PREFIX_BUDGET, "lr": experiments.METHOD_LR, "seeds": list(experiments.SEEDS),
               "metric": "validation accuracy: sentiment (short) and sentiment_long (long)"}
     return results, recipe
+
+
+UPDATE_MATRICES = ("attention.self.query.weight", "attention.self.value.weight")
+
+
+def full_ft_update_spectrum(tokenizer) -> tuple[dict, dict]:
+    """Lesson 05: the singular values of a *converged* full fine-tune's update ΔW = W - W0 (query, value).
+
+    The protocol's stored full fine-tuning on sentiment (its chosen rate, seed 0, 300 steps, test 1.000)
+    trained again, this time keeping W0 to subtract.
+    """
+    data = load_task("sentiment")
+    lr = protocol.summarize(json.loads(path("protocol_sentiment").read_text()))["full_ft"]["lr"]
+    model = protocol.build_method("full_ft", 2, seed=0)
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if name.endswith(UPDATE_MATRICES)}
+    result = protocol.fit(model, data, lr, 0, tokenizer)
+    spectra = {name: [float(f"{v:.6g}") for v in torch.linalg.svdvals((model.get_parameter(name).detach() - w0).double())]
+               for name, w0 in before.items()}
+    steps = protocol.BUDGET["epochs"] * -(-len(data["train"]) // protocol.BUDGET["batch_size"])
+    recipe = {"method": "full_ft", "lr": lr, "seed": 0, **protocol.BUDGET, "steps": steps, "head_lr": protocol.HEAD_LR,
+              "task": "sentiment", "metric": "singular values of W - W0; test accuracy of the fine-tuned model"}
+    return {"singular_values": spectra, "test": result["test"], "validation_curve": result["validation_curve"]}, recipe
 
 
 # The real sentences: CI and developers have them beside the repository; learners never need them.
@@ -239,7 +262,7 @@ def length_tradeoff(tokenizer) -> None:
 
 
 JOBS = {"fusion_comparison": fusion_comparison, "lora_sweep": lora_sweep, "prefix_lengths": prefix_lengths,
-        "prefix_methods": prefix_methods}
+        "prefix_methods": prefix_methods, "full_ft_update_spectrum": full_ft_update_spectrum}
 RESUMABLE = {"protocol_sentiment": protocol_sentiment, "protocol_sst2": protocol_sst2,
              "transfer_routing": transfer_routing, "length_tradeoff": length_tradeoff}
 
