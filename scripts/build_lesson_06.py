@@ -408,8 +408,9 @@ for method, claim in (("pfeiffer", "near Capacity"), ("houlsby", "near Capacity"
 the test, but their three weights differ by a few hundredths only: measured, every one of these methods sits
 near the middle of the triangle, and so do the prefixes and Prefix-Tuning+. Nothing here puts adapters near
 the Capacity corner or LoRA on an edge; that picture needs methods that give up much more on one axis. The
-soft prompt's placement fails outright: it is the *slowest* PEFT method in section 4, and its weight goes to
-Memory, the only axis on which it is not behind."""),
+soft prompt's placement fails outright: it is the *slowest* PEFT method in section 4. Its largest weight is
+Memory, not because it saves more memory than the others (its activations make it save less) but because it is
+weaker still on the other two axes: the normalised triple shows where a method is *relatively* strong."""),
 ("md", """## 6. One view of all of them: a change Δh of the hidden state
 
 He et al. (ICLR 2022, *Towards a Unified View of Parameter-Efficient Transfer Learning*, Sec. 3) write every
@@ -462,8 +463,8 @@ guide = {
 for constraint, winner in guide.items():
     print(f"{constraint:<48} -> {LABELS[winner]}")"""),
 ("md", """A winner is only as good as its margin. The speed rows pick the smallest stored ratio, and section 4's noise
-floor is larger than the gaps between most PEFT methods at inference: there, merged LoRA, Prefix-Tuning+, the
-Pfeiffer adapter and the prefix are a tie on this machine. The memory and disk rows are counted bytes, so their
+floor is larger than the gaps between most PEFT methods at inference: there, merged and unmerged LoRA,
+Prefix-Tuning+, the Pfeiffer adapter and the prefix are a tie on this machine. The memory and disk rows are counted bytes, so their
 winners are exact; the accuracy rows come with the ± of section 2."""),
 ("md", """### Common claims, against our measurements
 
@@ -508,8 +509,8 @@ Does the generated task's verdict hold on real data? The ranks of section 2 answ
 ("md", """What the real sentences change, method by method:
 
 - **The generated task cannot rank the strong methods; SST-2 can, a little.** On `sentiment`, full
-  fine-tuning, both adapters, Prefix-Tuning+ and LoRA all sit within noise of the best (the `~` marks in
-  section 2): the task is solved, and their order there is noise. On SST-2 full fine-tuning leads on its own;
+  fine-tuning, both adapters and Prefix-Tuning+ sit within noise of the best (the `~` marks in section 2), and
+  LoRA misses that mark by a hair: the task is solved, and their order there is noise. On SST-2 full fine-tuning leads on its own;
   the two adapters, LoRA and both prefixes follow, one to two and a half points behind it and mostly within
   noise of each other; Prefix-Tuning+, still climbing there, comes next. No PEFT method matches full
   fine-tuning on real sentences at this budget and model size.
@@ -684,7 +685,8 @@ is the natural choice; for a server that switches tasks per request, unmerged Lo
   and all still pay for a backward pass through the frozen network. The soft prompt is not the fast method a design card makes it: longer sequences cost it
   time and activations.
 - A generated task can be solved by every strong method at once; real sentences (SST-2) are what separate
-  them, and they move prompt tuning and head-only the most.
+  them. They also change the picture most for prompt tuning and head-only, whose gaps to full fine-tuning
+  shrink the most.
 - Seed 001's transfer table is only partly measured yet (section 8); its claims stay open until the transfer
   runs are stored."""),
 ("md", """## Check your understanding
