@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
-
-import torch
 
 from peft_teach.benchmark import design_space_batches, fusion_speed, method_speed
 from peft_teach.models import load_tokenizer
 from peft_teach.precomputed import path
 from peft_teach.train import set_seed
+from precompute import machine_info  # the same machine record as every precomputed run
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -40,8 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.store:
         stored = {"results": speed, "rounds": args.rounds,
                   "batch_shapes": {k: list(v["input_ids"].shape) for k, v in batches.items()},
-                  "machine": {"cpu": platform.processor() or platform.machine(),
-                              "threads": torch.get_num_threads(), "torch": torch.__version__}}
+                  "machine": machine_info()}
         path("method_speed").write_text(json.dumps(stored, indent=2) + "\n")
     return speed
 
