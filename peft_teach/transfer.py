@@ -190,17 +190,19 @@ def run_sequential_full_ft(tokenizer, tasks, lr, seed) -> dict:
     return {"lr": lr, "seed": seed, "source_before": before, "source_after": after, "target": target}
 
 
+# The order is the tables' order and the precompute's: lesson 02's four (head-only, full fine-tuning, a single
+# adapter, fusion) come first, so that a partial precompute already answers its question.
 TARGET_METHODS: dict[str, TargetMethod] = {
     "head_only": TargetMethod("head only", protocol.METHODS["head_only"].lr_grid, _alone("head_only")),
     "full_ft": TargetMethod("full fine-tuning", protocol.METHODS["full_ft"].lr_grid, _alone("full_ft")),
     "adapter": TargetMethod("single adapter (target only)", protocol.METHODS["pfeiffer"].lr_grid,
                             _alone("pfeiffer")),
-    "soft_prompt": TargetMethod("soft prompt (target only)", protocol.METHODS["soft_prompt"].lr_grid,
-                                _alone("soft_prompt")),
     "fusion": TargetMethod("AdapterFusion (4 source adapters)", (1e-3, 3e-3, 1e-2), run_fusion),
     "fusion_average": TargetMethod("average of the 4 adapters (no attention)", protocol.METHODS["head_only"].lr_grid,
                                    run_fusion_average),
     "joint": TargetMethod("joint multi-task adapter", protocol.METHODS["pfeiffer"].lr_grid, run_joint),
+    "soft_prompt": TargetMethod("soft prompt (target only)", protocol.METHODS["soft_prompt"].lr_grid,
+                                _alone("soft_prompt")),
     "mt_prompt": TargetMethod("multi-task prompt tuning", protocol.METHODS["soft_prompt"].lr_grid, run_mt_prompt),
 }
 
