@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 
 from .train import History
 
@@ -35,3 +36,19 @@ def plot_accuracy_vs_parameters(points: dict[str, tuple[int, float]], title: str
     ax.set(xlabel="trainable parameters (log scale)", ylabel="accuracy", title=title)
     fig.tight_layout()
     return fig
+
+
+def plot_seed_curves(ax: plt.Axes, summary: dict[str, dict], steps_per_epoch: int | None = None,
+                     colors: dict[str, str] | None = None) -> None:
+    """Validation accuracy after each epoch for every method of a protocol summary: seed mean, min-max band.
+
+    ``summary`` is ``protocol.summarize``'s (or ``transfer.summarize``'s ``"methods"``); with
+    ``steps_per_epoch`` the x axis counts training steps instead of epochs.
+    """
+    for method, row in summary.items():
+        curves = np.array(row["curves"])  # (seeds, epochs)
+        x = np.arange(1, curves.shape[1] + 1) * (steps_per_epoch or 1)
+        (line,) = ax.plot(x, curves.mean(0), marker="o", markersize=3, color=(colors or {}).get(method),
+                          label=row["label"])
+        ax.fill_between(x, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.15)
+    ax.set(xlabel="training steps" if steps_per_epoch else "epoch", ylabel="validation accuracy")

@@ -53,6 +53,7 @@ from peft_teach.benchmark import design_space_batches, fusion_speed, method_spee
 from peft_teach.measure import cuda_peak_memory, training_memory
 from peft_teach.methods import adapters, fusion, lora
 from peft_teach.models import build_classifier, load_tokenizer
+from peft_teach.plots import plot_seed_curves
 from peft_teach.train import enable_determinism, make_loader, set_seed
 
 from transformers.utils import logging as hf_logging
@@ -98,15 +99,9 @@ Validation accuracy after each epoch, at the chosen learning rate (the three see
 epoch 4 means the budget, not the method, limits that number."""),
 ("code", """fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
 for ax, (task, summary) in zip(axes, results.items()):
-    for method, row in summary.items():
-        curves = np.array(row["curves"])
-        epochs = np.arange(1, curves.shape[1] + 1)
-        ax.plot(epochs, curves.mean(0), marker="o", color=COLOR[method], label=row["label"])
-        ax.fill_between(epochs, curves.min(0), curves.max(0), color=COLOR[method], alpha=0.15)
+    plot_seed_curves(ax, summary, colors=COLOR)
     ax.set_title(task)
-    ax.set_xlabel("epoch")
-    ax.set_xticks(epochs)
-axes[0].set_ylabel("validation accuracy")
+    ax.set_xticks(range(1, protocol.BUDGET["epochs"] + 1))
 axes[1].legend(fontsize=7, loc="lower right")
 fig.suptitle("Learning curves at each method's chosen learning rate (mean, min-max over 3 seeds)")
 plt.tight_layout()
@@ -554,14 +549,10 @@ print(protocol.format_results(shared["methods"]) if shared["methods"] else "not 
 ("code", """fig, ax = plt.subplots(figsize=(7.5, 3.6))
 if not shared["methods"]:
     ax.text(0.5, 0.5, "no transfer runs stored yet", ha="center", transform=ax.transAxes)
-for method, row in shared["methods"].items():  # the methods stored so far, one colour each
-    color = f"C{list(transfer.TARGET_METHODS).index(method)}"
-    curves = np.array(row["curves"])
-    epochs = np.arange(1, curves.shape[1] + 1) * 16   # 16 steps per epoch on 256 examples
-    ax.plot(epochs, curves.mean(0), color=color, label=row["label"])
-    ax.fill_between(epochs, curves.min(0), curves.max(0), color=color, alpha=0.12)
+# the methods stored so far, one colour each; 16 steps per epoch on the 256 examples
+plot_seed_curves(ax, shared["methods"], steps_per_epoch=transfer.STEPS // transfer.TARGET_BUDGET["epochs"],
+                 colors={method: f"C{i}" for i, method in enumerate(transfer.TARGET_METHODS)})
 ax.set_xlabel("training steps on the target (batch 16)")
-ax.set_ylabel("validation accuracy")
 ax.set_title("routing: how fast each method learns from 256 examples (mean, min-max of 3 seeds)")
 if shared["methods"]:
     ax.legend(fontsize=7, loc="lower right")
