@@ -90,6 +90,22 @@ def test_every_target_method_has_a_grid_and_the_budget_is_320_steps():
     assert all(len(spec.lr_grid) == 3 for spec in transfer.TARGET_METHODS.values())
 
 
+def reachable_rates(grid, extensions: int = 2) -> set[float]:
+    """The grid plus the rates the precompute may add past either edge (scripts/precompute.py: grid_then_seeds)."""
+    rates = set(grid)
+    for edge in (min, max):
+        tried = list(grid)
+        for _ in range(extensions):
+            beyond = protocol.rate_beyond_edge(tried, edge(tried))
+            tried.append(beyond)
+            rates.add(beyond)
+    return rates
+
+
+def test_reachable_rates_grow_the_grid_two_steps_each_way():
+    assert reachable_rates((1e-3, 3e-3, 1e-2)) == {1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1}
+
+
 def test_stored_transfer_runs_follow_the_current_recipe():
     file = path("transfer_routing")
     if not file.exists():
@@ -100,7 +116,7 @@ def test_stored_transfer_runs_follow_the_current_recipe():
     for key, run in stored["runs"].items():
         method = key.split("|")[0]
         if method in transfer.TARGET_METHODS:
-            assert run["lr"] in transfer.TARGET_METHODS[method].lr_grid
+            assert run["lr"] in reachable_rates(transfer.TARGET_METHODS[method].lr_grid), (key, run["lr"])
         assert all(0.0 <= v <= 1.0 for v in (run.get("test"), run.get("target")) if v is not None)
 
 
