@@ -52,13 +52,14 @@ def _free_port() -> int:
 def _widget_notebook(lesson: dict) -> dict:
     """The lesson's rank explorer alone: the cells that build it, without the training before them."""
     cells = ["".join(cell["source"]) for cell in lesson["cells"] if cell["cell_type"] == "code"]
-    lesson_00 = re.search(r"^LESSON_00 = .*$", "\n".join(cells), flags=re.M).group(0)
+    baselines = re.search(r"^BASELINES = .*$", "\n".join(cells), flags=re.M).group(0)  # the explorer's dashed line
     setup = "\n".join([
         "import ipywidgets as widgets",
         "import matplotlib.pyplot as plt",
-        "from peft_teach import precomputed",
+        "from peft_teach import precomputed, protocol",
         'sweep = precomputed.load("lora_sweep")',
-        lesson_00,
+        'stored_protocol = protocol.summarize(precomputed.load("protocol_sentiment"))',
+        baselines,
     ])
     wanted = [next(c for c in cells if marker in c)
               for marker in ("rank_results = ", "def show_rank", "widgets.interact(show_rank")]
