@@ -54,6 +54,23 @@ def test_prefix_results_match_the_current_recipe():
         assert _accuracies_are_valid(value for run in runs.values() for value in (run["short"], run["long"]))
 
 
+def test_stored_prefix_checkpoint_is_the_seed0_run_of_the_current_recipe():
+    from peft_teach.methods import prefix
+
+    stored = precomputed.load("prefix_seed0")
+    assert {k: stored["recipe"][k] for k in experiments.PREFIX_BUDGET} == experiments.PREFIX_BUDGET
+    assert stored["recipe"]["lr"] == experiments.METHOD_LR["prefix"] and stored["recipe"]["seed"] == 0
+    model = build_classifier(2, seed=0)
+    prefix.load_prefix(model, precomputed.checkpoint("prefix_seed0"))
+    assert prefix.prefix_parameters(model) == 2 * 6 * 16 * 384  # the lesson's l = 16, without the MLP
+    assert stored["results"]["validation_curve"][-1] == stored["results"]["short"]
+
+
+def test_a_missing_checkpoint_says_how_to_create_it():
+    with pytest.raises(FileNotFoundError, match="scripts/precompute.py no_such_checkpoint"):
+        precomputed.checkpoint("no_such_checkpoint")
+
+
 def test_fusion_comparison_matches_the_current_recipe():
     stored = precomputed.load("fusion_comparison")
     recipe = stored["recipe"]

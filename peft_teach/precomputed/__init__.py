@@ -3,6 +3,9 @@
 ``load(name)`` returns the stored dictionary: ``results`` plus ``recipe`` (the
 settings used) and ``machine`` (where and how long it ran). Lessons re-train at
 least one stored configuration live and check it against these numbers.
+``checkpoint(name)`` is the folder of a stored trained method (a few hundred kB,
+written by the method's ``save_*`` function), for a lesson that measures a trained
+model but has no time left to train it.
 """
 
 from __future__ import annotations
@@ -24,3 +27,12 @@ def load(name: str) -> dict:
         raise FileNotFoundError(f"No precomputed results called {name!r} (available: {available}). "
                                 f"Create them with: python scripts/precompute.py {name}")
     return json.loads(file.read_text())
+
+
+def checkpoint(name: str) -> Path:
+    """The folder of the stored checkpoint ``name`` (load it with the method's ``load_*`` function)."""
+    folder = FOLDER / name
+    if not folder.is_dir():
+        raise FileNotFoundError(f"No stored checkpoint called {name!r}. "
+                                f"Create it with: python scripts/precompute.py {name}")
+    return folder
