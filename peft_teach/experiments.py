@@ -27,7 +27,7 @@ from peft_teach.data import SOURCE_TASKS, label_names, load_task
 from peft_teach.methods import adapters, fusion, lora, prefix, prefix_plus
 from peft_teach.methods.checkpoint import CheckpointError
 from peft_teach.models import build_classifier, mean_pool
-from peft_teach.train import evaluate, make_loader, set_seed, train
+from peft_teach.train import evaluate, make_loader, set_seed, steps_per_epoch, train
 
 # --------------------------------------------------------------------------- train or load an adapter
 
@@ -155,7 +155,7 @@ def run_joint_multitask(model: nn.Module, tokenizer, tasks: dict[str, DatasetDic
     heads = {task: (model.head if task == target else nn.Linear(d, len(label_names(data))).to(device))
              for task, data in tasks.items()}
     batch_size = TARGET_BUDGET["batch_size"]
-    steps = TARGET_BUDGET["epochs"] * -(-len(tasks[target]["train"]) // batch_size)
+    steps = TARGET_BUDGET["epochs"] * steps_per_epoch(len(tasks[target]["train"]), batch_size)
     loaders = {task: iter(make_loader(data["train"], tokenizer, batch_size, shuffle=True, seed=seed))
                for task, data in tasks.items()}
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -7,7 +7,7 @@ Lesson 06 (and the corrected lessons 02-04) compare methods only under these rul
 * **Each method gets its own learning rate**, chosen on the *validation* split from a
   small grid (:attr:`MethodSpec.lr_grid`) with seed 0; the grid's scores are stored and
   shown. When the best rate sits at the edge of the grid, the grid grows one step that
-  way (:func:`rate_beyond_edge`, at most twice). The head, a fresh linear layer in every method, always trains at
+  way (:func:`rate_beyond_edge`, at most :data:`GRID_EXTENSIONS` times). The head, a fresh linear layer in every method, always trains at
   :data:`HEAD_LR` (head-only training has no other parameters: its grid *is* the head's).
 * **Converged budgets.** Validation accuracy is recorded after every epoch, so the
   learning curves show whether a method is still climbing when the budget ends; a
@@ -104,6 +104,9 @@ def fit(model: nn.Module, data: DatasetDict, lr: float, seed: int, tokenizer, bu
 def choose_lr(grid_runs: list[dict]) -> float:
     """The learning rate with the best final validation accuracy (the smaller one on a tie)."""
     return max(sorted(grid_runs, key=lambda r: r["lr"]), key=lambda r: r["validation"])["lr"]
+
+
+GRID_EXTENSIONS = 2  # how often a grid may grow past an edge winner, per method
 
 
 def rate_beyond_edge(tried: list[float], chosen: float) -> float | None:

@@ -6,6 +6,7 @@ only has to freeze the rest), evaluates once per epoch and records a history.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -49,6 +50,11 @@ def get_device() -> torch.device:
 def progress_enabled() -> bool:
     """Progress bars are on, unless PEFT_TEACH_PROGRESS=0 (the tests set it)."""
     return os.environ.get("PEFT_TEACH_PROGRESS", "1") != "0"
+
+
+def steps_per_epoch(examples: int, batch_size: int) -> int:
+    """Optimizer steps in one pass over ``examples``: the last, smaller batch counts as a step too."""
+    return math.ceil(examples / batch_size)
 
 
 def make_loader(

@@ -39,6 +39,7 @@ And the measurements the table needs, each at the chosen learning rate, seeds 0-
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -52,10 +53,10 @@ from peft_teach.data import SOURCE_TASKS, TARGET_TASK, label_names, load_task
 from peft_teach.experiments import source_adapter_model
 from peft_teach.methods import adapters, fusion, prompts
 from peft_teach.models import build_classifier
-from peft_teach.train import evaluate, train, train_multitask, using_head
+from peft_teach.train import evaluate, steps_per_epoch, train, train_multitask, using_head
 
 TARGET_BUDGET = dict(epochs=20, batch_size=16)  # 320 steps on the 256 routing examples
-STEPS = TARGET_BUDGET["epochs"] * -(-256 // TARGET_BUDGET["batch_size"])
+STEPS = TARGET_BUDGET["epochs"] * steps_per_epoch(256, TARGET_BUDGET["batch_size"])
 PROMPT_LENGTH = 20
 MT_PROMPT_STAGE1_LR = 0.1  # the middle of protocol.METHODS["soft_prompt"].lr_grid
 LEFT_OUT = ("aspect", "topic")  # fusion without the adapter routing needs, and without one it does not
@@ -166,8 +167,8 @@ def run_source_alone(tokenizer, tasks, task: str, lr: float, seed: int) -> float
     data = tasks[task]
     model = build_classifier(len(label_names(data)), seed=seed)
     adapters.add_adapter(model, task, adapters.AdapterConfig("pfeiffer"), seed=seed)
-    steps_per_epoch = -(-len(data["train"]) // TARGET_BUDGET["batch_size"])
-    epochs = -(-STEPS // steps_per_epoch)  # whole epochs: 320 steps of 75 per epoch -> 5 epochs (375 steps)
+    per_epoch = steps_per_epoch(len(data["train"]), TARGET_BUDGET["batch_size"])
+    epochs = math.ceil(STEPS / per_epoch)  # whole epochs: 320 steps of 75 per epoch -> 5 epochs (375 steps)
     train(model, tokenizer, data, lr=lr, seed=seed, head_lr=protocol.HEAD_LR, eval_split=None,
           epochs=epochs, batch_size=TARGET_BUDGET["batch_size"])
     return evaluate(model, data["test"], tokenizer)

@@ -34,7 +34,7 @@ from peft_teach.data import SOURCE_TASKS, load_task, load_tsv_task
 from peft_teach.models import load_tokenizer
 from peft_teach.methods import prefix
 from peft_teach.precomputed import FOLDER, path
-from peft_teach.train import enable_determinism, evaluate, get_device
+from peft_teach.train import enable_determinism, evaluate, get_device, steps_per_epoch
 
 
 def fusion_comparison(tokenizer) -> tuple[dict, dict]:
@@ -116,7 +116,7 @@ def full_ft_update_spectrum(tokenizer) -> tuple[dict, dict]:
     result = protocol.fit(model, data, lr, 0, tokenizer)
     spectra = {name: [float(f"{v:.6g}") for v in torch.linalg.svdvals((model.get_parameter(name).detach() - w0).double())]
                for name, w0 in before.items()}
-    steps = protocol.BUDGET["epochs"] * -(-len(data["train"]) // protocol.BUDGET["batch_size"])
+    steps = protocol.BUDGET["epochs"] * steps_per_epoch(len(data["train"]), protocol.BUDGET["batch_size"])
     recipe = {"method": "full_ft", "lr": lr, "seed": 0, **protocol.BUDGET, "steps": steps, "head_lr": protocol.HEAD_LR,
               "task": "sentiment", "metric": "singular values of W - W0; test accuracy of the fine-tuned model"}
     return {"singular_values": spectra, "test": result["test"], "validation_curve": result["validation_curve"]}, recipe
@@ -181,7 +181,7 @@ def run_key(method: str, lr: float, seed: int) -> str:
     return f"{method}|lr={lr:g}|seed={seed}"
 
 
-def grid_then_seeds(store: ResumableStore, methods: dict, run, extensions: int = 2) -> dict[str, float]:
+def grid_then_seeds(store: ResumableStore, methods: dict, run, extensions: int = protocol.GRID_EXTENSIONS) -> dict[str, float]:
     """Each method's grid with seed 0 (grown past an edge winner), then the other seeds at the chosen rate."""
     chosen = {}
     first = protocol.SEEDS[0]

@@ -116,3 +116,10 @@ def test_head_on_features_refuses_a_model_with_a_trainable_encoder(tokenizer):
     model = build_classifier(4, seed=0)  # nothing frozen: full fine-tuning
     with pytest.raises(ValueError, match="Freeze them first"):
         train.train_head_on_features(model, tokenizer, _small(), epochs=1)
+
+
+def test_steps_per_epoch_counts_the_last_smaller_batch(tokenizer):
+    assert train.steps_per_epoch(256, 16) == 16 and train.steps_per_epoch(1200, 16) == 75
+    assert train.steps_per_epoch(1201, 16) == 76
+    rows = data.load_task("sentiment")["train"].select(range(33))
+    assert len(train.make_loader(rows, tokenizer, batch_size=16)) == train.steps_per_epoch(33, 16)  # the loader agrees

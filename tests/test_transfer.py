@@ -90,7 +90,7 @@ def test_every_target_method_has_a_grid_and_the_budget_is_320_steps():
     assert all(len(spec.lr_grid) == 3 for spec in transfer.TARGET_METHODS.values())
 
 
-def reachable_rates(grid, extensions: int = 2) -> set[float]:
+def reachable_rates(grid, extensions: int = protocol.GRID_EXTENSIONS) -> set[float]:
     """The grid plus the rates the precompute may add past either edge (scripts/precompute.py: grid_then_seeds)."""
     rates = set(grid)
     for edge in (min, max):
