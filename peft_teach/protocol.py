@@ -199,18 +199,25 @@ def summarize(stored: dict, methods: dict | None = None) -> dict[str, dict]:
     return summary
 
 
+def _label_width(summary: dict[str, dict]) -> int:
+    """The longest label (at least 22 characters): the tables' columns line up whatever the methods."""
+    return max([22, *(len(row["label"]) for row in summary.values())])
+
+
 def format_grid(summary: dict[str, dict]) -> str:
     """One line per method: final validation accuracy (seed 0) at each grid rate; ``*`` marks the chosen one."""
+    width = _label_width(summary)
     lines = []
     for row in summary.values():
         cells = [f"{lr:g}: {accuracy:.3f}{'*' if lr == row['lr'] else ' '}" for lr, accuracy in row["grid"].items()]
-        lines.append(f"{row['label']:<22} " + "   ".join(cells))
+        lines.append(f"{row['label']:<{width}} " + "   ".join(cells))
     return "\n".join(lines)
 
 
 def format_results(summary: dict[str, dict]) -> str:
     """One line per method: trainable parameters, chosen rate, test mean ± sample std over the seeds."""
-    lines = [f"{'method':<22} {'trainable':>10} {'lr':>7}   test accuracy (mean ± sample std, {len(SEEDS)} seeds)"]
+    width = _label_width(summary)
+    lines = [f"{'method':<{width}} {'trainable':>10} {'lr':>7}   test accuracy (mean ± sample std, {len(SEEDS)} seeds)"]
     for row in summary.values():
-        lines.append(f"{row['label']:<22} {row['trainable']:>10,} {row['lr']:>7g}   {row['mean']:.3f} ± {row['std']:.3f}")
+        lines.append(f"{row['label']:<{width}} {row['trainable']:>10,} {row['lr']:>7g}   {row['mean']:.3f} ± {row['std']:.3f}")
     return "\n".join(lines)

@@ -124,6 +124,18 @@ def test_tables_mark_the_chosen_rate_and_print_mean_and_sample_std():
     assert "0.767 ± 0.153" in protocol.format_results(summary)
 
 
+def test_tables_line_up_when_a_label_is_longer_than_the_default_column():
+    summary = protocol.summarize(fake_store())
+    first = next(iter(summary))
+    summary[first] = {**summary[first], "label": "a label of more than twenty-two characters"}
+    labels = [row["label"] for row in summary.values()]
+    for table in (protocol.format_grid(summary), protocol.format_results(summary)):
+        rows = table.splitlines()[-len(labels):]
+        # where each row's numbers start, after its label and the padding
+        starts = {len(row) - len(row.removeprefix(label).lstrip()) for row, label in zip(rows, labels)}
+        assert len(starts) == 1, table
+
+
 @pytest.mark.parametrize("tried, chosen, beyond", [
     ((1e-3, 3e-3, 1e-2), 1e-2, 3e-2), ((1e-3, 3e-3, 1e-2), 1e-3, 3e-4), ((0.03, 0.1, 0.3), 0.03, 0.01),
     ((0.03, 0.1, 0.3), 0.3, 1.0), ((3e-5, 1e-4, 3e-4), 3e-5, 1e-5), ((1e-3, 3e-3, 1e-2), 3e-3, None),
