@@ -36,3 +36,20 @@ def test_a_run_is_also_tested_on_the_other_length(tokenizer, monkeypatch):
             for name, task in (("short", "sentiment"), ("long", "sentiment_long"))}
     result = lengths.run("lora@long", tiny, 1e-3, seed=0, tokenizer=tokenizer)
     assert 0.0 <= result["other_test"] <= 1.0 and len(result["validation_curve"]) == 1
+
+
+def test_stored_length_runs_follow_the_current_recipe():
+    import json
+
+    from peft_teach.precomputed import path
+
+    file = path("length_tradeoff")
+    if not file.exists():
+        pytest.skip("length_tradeoff.json not precomputed yet (python scripts/precompute.py length_tradeoff)")
+    stored = json.loads(file.read_text())
+    assert stored["recipe"]["budgets"] == lengths.BUDGETS
+    assert stored["recipe"]["lr_grid"] == {key: list(spec.lr_grid) for key, spec in lengths.LENGTH_RUNS.items()}
+    for key, run in stored["runs"].items():
+        spec = lengths.LENGTH_RUNS[key.split("|")[0]]
+        assert len(run["validation_curve"]) == lengths.BUDGETS[spec.train_on]["epochs"], key
+        assert 0.0 <= run["test"] <= 1.0 and 0.0 <= run["other_test"] <= 1.0, key
