@@ -53,3 +53,19 @@ def test_stored_length_runs_follow_the_current_recipe():
         spec = lengths.LENGTH_RUNS[key.split("|")[0]]
         assert len(run["validation_curve"]) == lengths.BUDGETS[spec.train_on]["epochs"], key
         assert 0.0 <= run["test"] <= 1.0 and 0.0 <= run["other_test"] <= 1.0, key
+
+
+def test_summary_files_each_accuracy_under_the_length_it_was_tested_on():
+    runs = {}
+    for key, spec in lengths.LENGTH_RUNS.items():
+        same, other = (0.9, 0.6) if spec.train_on == "short" else (0.8, 0.7)  # test, other_test
+        for lr in spec.lr_grid:
+            runs[f"{key}|lr={lr:g}|seed=0"] = {"lr": lr, "validation": 0.5, "test": same, "other_test": other,
+                                               "validation_curve": [0.5], "trainable": 1}
+        for seed in (1, 2):
+            runs[f"{key}|lr={min(spec.lr_grid):g}|seed={seed}"] = {
+                "lr": min(spec.lr_grid), "validation": 0.5, "test": same + 0.01 * seed, "other_test": other,
+                "validation_curve": [0.5], "trainable": 1}
+    summary = lengths.summarize({"runs": runs})
+    assert summary["lora@short"]["short"][0] == pytest.approx(0.91) and summary["lora@short"]["long"] == (0.6, 0.0)
+    assert summary["lora@long"]["long"][0] == pytest.approx(0.81) and summary["lora@long"]["short"] == (0.7, 0.0)
