@@ -322,12 +322,13 @@ for library, run in twins.items():
               f"({verdict} the 1.05 target)")
 if not twins:
     print("no stored benchmark yet: run `make benchmark` on an idle machine")"""),
-("md", """The adapter matches AdapterHub. Against peft, some ratios sit above the 1.05 target. We do not read them as
-a slowdown of ours yet: they are the size of the noise floor measured above, and in the same `make benchmark`
-run the LoRA pair, timed again on its own by `scripts/benchmark_lora.py`, came out within the target. Both sides
-do the same tensor work (the parity tests show the same outputs); ours attaches the soft prompt through forward
-hooks and the prefix through a registered attention function, peft through its model wrapper. A quiet machine
-decides: rerun `make benchmark` there before concluding either way."""),
+("md", """In the stored run every pair is within the 1.05 target: ours matches AdapterHub for the adapter, and peft for
+LoRA, prompt tuning and prefix tuning, on both the training step and inference. Both sides do the same tensor work
+(the parity tests show the same outputs); ours attaches the soft prompt through forward hooks and the prefix
+through a registered attention function, peft through its model wrapper, and neither way costs measurable time.
+An earlier stored run, on a slower and busier VM, put all three peft pairs above the target: one benchmark on a
+shared machine cannot tell a few percent of slowdown from noise (the noise floor above), so rerun `make benchmark`
+on your own idle machine before you trust a small ratio either way."""),
 ("md", """## 5. The triangle: capacity, memory, speed
 
 A design card often draws PEFT methods in a triangle whose corners are the three things you can want:
