@@ -52,29 +52,36 @@ _METHODS = {
     "lora": ("LoRA (r=8, q+v)", protocol.METHODS["lora"].lr_grid,
              lambda model, seed: lora.add_lora(model, ("query", "value"), r=8, seed=seed)),
 }
+
+
+def _trained_on(inputs: str) -> dict[str, LengthRun]:
+    """The three methods of :data:`_METHODS`, each trained on ``inputs`` ("short" or "long")."""
+    return {f"{method}@{inputs}": LengthRun(f"{label}, trained on {inputs}", grid, add, inputs)
+            for method, (label, grid, add) in _METHODS.items()}
+
+
 # Identifiers read "<method>@<inputs it trains on>". The precompute runs them in this order, most informative
 # first (the job spans sessions): training on long inputs is the paper's case, then the long prefix on short inputs,
 # then the short-trained runs, whose accuracy on short inputs lesson 04's stored comparison already shows.
 LENGTH_RUNS: dict[str, LengthRun] = {
-    f"{method}@long": LengthRun(f"{label}, trained on long", grid, add, "long")
-    for method, (label, grid, add) in _METHODS.items()
+    **_trained_on("long"),
+    "prefix_64@short": LengthRun("prefix (l=64), trained on short", protocol.METHODS["prefix"].lr_grid,
+                                 _prefix(64), "short"),
+    **_trained_on("short"),
 }
-LENGTH_RUNS["prefix_64@short"] = LengthRun("prefix (l=64), trained on short", protocol.METHODS["prefix"].lr_grid,
-                                           _prefix(64), "short")
-LENGTH_RUNS.update({
-    f"{method}@short": LengthRun(f"{label}, trained on short", grid, add, "short")
-    for method, (label, grid, add) in _METHODS.items()
-})
+
+
+def other_length(inputs: str) -> str:
+    return "long" if inputs == "short" else "short"
 
 
 def run(key: str, tasks: dict[str, DatasetDict], lr: float, seed: int, tokenizer) -> dict:
     """Train ``LENGTH_RUNS[key]`` once; its protocol numbers plus the test accuracy on the other length."""
     spec = LENGTH_RUNS[key]
-    other = "long" if spec.train_on == "short" else "short"
     model = build_classifier(2, seed=seed)
     spec.add(model, seed)
     result = protocol.fit(model, tasks[spec.train_on], lr, seed, tokenizer, budget=BUDGETS[spec.train_on])
-    return {**result, "other_test": evaluate(model, tasks[other]["test"], tokenizer)}
+    return {**result, "other_test": evaluate(model, tasks[other_length(spec.train_on)]["test"], tokenizer)}
 
 
 def summarize(stored: dict) -> dict[str, dict]:
@@ -86,7 +93,6 @@ def summarize(stored: dict) -> dict[str, dict]:
     summary = protocol.summarize(stored, LENGTH_RUNS)
     for key, row in summary.items():
         trained_on = LENGTH_RUNS[key].train_on
-        other = "long" if trained_on == "short" else "short"
         row[trained_on] = protocol.mean_std(row["test"])
-        row[other] = protocol.mean_std([run["other_test"] for run in row["runs"]])
+        row[other_length(trained_on)] = protocol.mean_std([run["other_test"] for run in row["runs"]])
     return summary
