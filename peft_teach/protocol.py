@@ -38,6 +38,7 @@ from peft_teach.train import evaluate, train
 SEEDS = (0, 1, 2)
 BUDGET = dict(epochs=4, batch_size=16)  # 300 steps on 1,200 training examples
 HEAD_LR = 3e-3
+PROBE_EPOCHS = 4 * BUDGET["epochs"]  # a method still climbing at the end of the budget gets one such run (seed 0)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,11 @@ def still_climbing(curves: list[list[float]], threshold: float = 0.01) -> bool:
     return statistics.mean(curve[-1] - curve[-2] for curve in curves) > threshold
 
 
+def probe_key(method: str, lr: float) -> str:
+    """The stored key of ``method``'s longer probe at rate ``lr`` (seed 0, :data:`PROBE_EPOCHS` epochs)."""
+    return f"{method}|lr={lr:g}|seed={SEEDS[0]}|epochs={PROBE_EPOCHS}"
+
+
 def grid_runs(runs: dict, method: str) -> dict[float, dict]:
     """Every stored seed-0 run of ``method`` without a changed budget: its learning-rate grid, extensions included."""
     found = {}
@@ -195,7 +201,8 @@ def summarize(stored: dict, methods: dict | None = None) -> dict[str, dict]:
         summary[method] = {"label": spec.label, "lr": lr, "trainable": seeds[0]["trainable"],
                            "grid": {g: run["validation"] for g, run in grid.items()},
                            "curves": [run["validation_curve"] for run in seeds],
-                           "test": tests, "mean": mean, "std": std, "runs": seeds}
+                           "test": tests, "mean": mean, "std": std, "runs": seeds,
+                           "probe": runs.get(probe_key(method, lr))}  # None unless it was still climbing
     return summary
 
 
@@ -212,6 +219,26 @@ def format_grid(summary: dict[str, dict]) -> str:
         cells = [f"{lr:g}: {accuracy:.3f}{'*' if lr == row['lr'] else ' '}" for lr, accuracy in row["grid"].items()]
         lines.append(f"{row['label']:<{width}} " + "   ".join(cells))
     return "\n".join(lines)
+
+
+def format_probes(summary: dict[str, dict]) -> str:
+    """One line per method with a longer probe: seed 0 after the budget against seed 0 after 4x the epochs.
+
+    The probe is reported, never swapped in: it is one seed, and a longer budget for one
+    method only would break the same-budget rule. It says what the budget cost the method.
+    """
+    width = _label_width(summary)
+    lines = []
+    for row in summary.values():
+        probe, budget = row["probe"], row["runs"][0]
+        if probe is None:
+            continue
+        curve = probe["validation_curve"]
+        best_epoch = max(range(len(curve)), key=curve.__getitem__) + 1
+        lines.append(f"{row['label']:<{width}} {len(budget['validation_curve'])} epochs: validation {budget['validation']:.3f}, "
+                     f"test {budget['test']:.3f}  |  {len(curve)} epochs: validation {probe['validation']:.3f}, "
+                     f"test {probe['test']:.3f} (best validation {max(curve):.3f} at epoch {best_epoch})")
+    return "\n".join(lines) or "no method was still climbing"
 
 
 def format_results(summary: dict[str, dict]) -> str:

@@ -108,9 +108,14 @@ plt.tight_layout()
 plt.show()
 
 for task, summary in results.items():
-    still_climbing = [row["label"] for row in summary.values()
-                      if np.mean([c[-1] - c[-2] for c in row["curves"]]) > 0.01]
+    still_climbing = [row["label"] for row in summary.values() if protocol.still_climbing(row["curves"])]
     print(f"{task}: still gaining > 1 point in the last epoch (mean of seeds): {still_climbing or 'none'}")"""),
+("md", """A method still climbing gets one more run, stored by the precompute: seed 0 at its chosen rate with 4x the
+epochs. It is reported, never swapped into the table: it is one seed, and a longer budget for one method only
+would break the same-budget rule. It answers one question: did the budget hold the method back?"""),
+("code", """for task, summary in results.items():
+    print(f"--- {task}: seed 0 at the budget vs seed 0 with {protocol.PROBE_EPOCHS} epochs")
+    print(protocol.format_probes(summary))"""),
 ("md", """## 2. Capacity: test accuracy under the protocol
 
 The table puts the two tasks side by side: `sentiment` (generated reviews, negation and contrast decide the
@@ -508,7 +513,7 @@ Does the generated task's verdict hold on real data? The ranks of section 2 answ
   fine-tuning, both adapters and Prefix-Tuning+ sit within noise of the best (the `~` marks in section 2), and
   LoRA misses that mark by a hair: the task is solved, and their order there is noise. On SST-2 full fine-tuning leads on its own;
   the two adapters, LoRA and both prefixes follow, one to two and a half points behind it and mostly within
-  noise of each other; Prefix-Tuning+, still climbing there, comes next. No PEFT method matches full
+  noise of each other; Prefix-Tuning+ comes next. No PEFT method matches full
   fine-tuning on real sentences at this budget and model size.
 - **Prompt tuning is the case to watch.** On generated reviews the soft prompt is barely above head-only
   (0.664 against 0.612) and still climbing after 300 steps; on SST-2 it is clearly above head-only (0.807
@@ -521,9 +526,13 @@ Does the generated task's verdict hold on real data? The ranks of section 2 answ
 - **Head-only stays last on both, but its gap to full fine-tuning is far smaller on SST-2**, for the same
   reason: a linear probe on frozen features is a strong baseline where the features already carry the label,
   and a weak one where they do not.
-- **Not everything converged on SST-2.** Section 1 lists the methods still gaining more than a point in their
-  last epoch; their seed-0 probes with 4x the epochs are not stored yet, so their SST-2 numbers are lower
-  bounds of what a longer budget would give."""),
+- **A longer budget does not change the SST-2 ranking.** Section 1 flags prefix tuning, Prefix-Tuning+ and
+  LoRA as still gaining more than a point in their last epoch on SST-2, but their 16-epoch probes end *lower*
+  on test than their 4-epoch runs (0.805 against 0.811, 0.798 against 0.817, 0.814 against 0.828), with best
+  validation near epoch 4-5 for the first two. On 500 validation sentences one point is five sentences: the
+  flag caught noise, not a method held back, and the budget is not what keeps them below full fine-tuning.
+  On `sentiment` the flag was real: the soft prompt's probe climbs from 0.702 to 0.930 on test, so on the
+  generated task its table number measures the budget more than the method."""),
 ("md", """## 8. Many tasks on one model: seed 001's comparison, measured
 
 The course's design seed (seed 001) compares four ways to use several source tasks for a new, low-resource one,
@@ -559,6 +568,12 @@ if shared["methods"]:
     ax.legend(fontsize=7, loc="lower right")
 plt.tight_layout()
 plt.show()"""),
+("code", """# the protocol's convergence test, and the slower trend: gain over the last four epochs (mean of seeds)
+width = max((len(row["label"]) for row in shared["methods"].values()), default=0)
+for method, row in shared["methods"].items():
+    last_four = np.mean([curve[-1] - curve[-5] for curve in row["curves"]])
+    print(f"{row['label']:<{width}}  still climbing: {'yes' if protocol.still_climbing(row['curves']) else 'no ':<4} "
+          f"gain over the last 4 epochs {last_four:+.3f}")"""),
 ("md", """The table below puts seed 001's claims beside our measurements: accuracies and parameter counts from the
 stored transfer runs, the inference row from section 4's stored timings."""),
 ("code", """m = shared["methods"]
@@ -585,8 +600,9 @@ for row, (claim, measured) in rows.items():
 ("md", """**Reading the rows.** Against seed 001's "% of full FT", fusion reaches 109% and joint training 111% (the claims:
 95% and "varies"), the single adapter 99% (claim: 90-95%) and multi-task prompt tuning 72% (claim: 85-92%). The
 percentages mean less than they seem. Full fine-tuning on 256 examples is itself weak here (0.902 ± 0.013), so a
-method that brings in 4,800 labelled source reviews can pass it. And both prompts were still climbing when the
-budget ended (the curves above), so their numbers are lower bounds. One transfer effect is clear: the shared prompt
+method that brings in 4,800 labelled source reviews can pass it. No method here trips the protocol's
+"still climbing" test (the cell under the curves), but the two prompts are the slowest: they were still gaining
+about a point over their last four epochs (+0.011 and +0.008), so a longer budget might lift them a little. One transfer effect is clear: the shared prompt
 lifts prompt tuning from 0.544 ± 0.006 (a prompt trained on `routing` alone) to 0.649 ± 0.020 at the same budget,
 the direction Vu et al. (ACL 2022) report for SPoT. Joint training beats fusion, but it keeps training on every
 source task while it learns the target (five batches per step), and must be retrained for every task added."""),

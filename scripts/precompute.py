@@ -198,16 +198,12 @@ def grid_then_seeds(store: ResumableStore, methods: dict, run, extensions: int =
     return chosen
 
 
-PROBE_EPOCHS_FACTOR = 4
-
-
 def probe_the_still_climbing(store: ResumableStore, chosen: dict[str, float], train_longer) -> None:
-    """A method whose curves still rise at the end of the budget: one seed-0 run with 4x the epochs."""
-    epochs = PROBE_EPOCHS_FACTOR * protocol.BUDGET["epochs"]
+    """A method whose curves still rise at the end of the budget: one seed-0 run with protocol.PROBE_EPOCHS."""
     for method, lr in chosen.items():
         curves = [store.stored["runs"][run_key(method, lr, seed)]["validation_curve"] for seed in protocol.SEEDS]
         if protocol.still_climbing(curves):
-            store.get(f"{run_key(method, lr, protocol.SEEDS[0])}|epochs={epochs}", lambda: train_longer(method, lr, epochs))
+            store.get(protocol.probe_key(method, lr), lambda: train_longer(method, lr, protocol.PROBE_EPOCHS))
 
 
 def run_protocol(name: str, data, tokenizer, description: str) -> None:
@@ -217,7 +213,7 @@ def run_protocol(name: str, data, tokenizer, description: str) -> None:
               "train_examples": len(data["train"]), "validation_examples": len(data["validation"]),
               "test_examples": len(data["test"]),
               "selection": SELECTION + "; a method still rising in its last epoch gets one seed-0 run with "
-                           f"{PROBE_EPOCHS_FACTOR}x the epochs",
+                           f"{protocol.PROBE_EPOCHS // protocol.BUDGET['epochs']}x the epochs",
               "metric": "accuracy; validation after every epoch, test at the end"}
     store = ResumableStore(name, recipe)
     chosen = grid_then_seeds(store, protocol.METHODS,

@@ -160,3 +160,23 @@ def test_summary_chooses_among_extended_rates_and_ignores_longer_probes():
     row = protocol.summarize(store)
     assert "lora" not in row  # the extension won, but its other seeds are not stored yet
     assert list(protocol.grid_runs(store["runs"], "lora")) == sorted([*protocol.METHODS["lora"].lr_grid, beyond])
+
+
+def test_a_longer_probe_is_reported_beside_the_budget_run_and_never_swapped_in():
+    store = fake_store()
+    best = protocol.METHODS["lora"].lr_grid[-1]
+    curve = [0.5, 0.9] + [0.8] * (protocol.PROBE_EPOCHS - 2)
+    store["runs"][protocol.probe_key("lora", best)] = {"lr": best, "validation": 0.8, "test": 0.95,
+                                                       "validation_curve": curve, "trainable": 10}
+    row = protocol.summarize(store)["lora"]
+    assert row["probe"]["test"] == 0.95
+    assert row["test"] == pytest.approx([0.6, 0.8, 0.9])  # the table still reports the budget's runs
+    line = protocol.format_probes({"lora": row})
+    assert "2 epochs: validation 0.700, test 0.600" in line
+    assert f"{protocol.PROBE_EPOCHS} epochs: validation 0.800, test 0.950 (best validation 0.900 at epoch 2)" in line
+
+
+def test_without_probes_the_report_says_so():
+    summary = protocol.summarize(fake_store())
+    assert summary["lora"]["probe"] is None
+    assert protocol.format_probes(summary) == "no method was still climbing"
