@@ -69,7 +69,7 @@ execute: venv
 # re-train one configuration live to check them. Then `make execute`. The protocol jobs (lesson 06) are
 # long and resumable: each finished run is stored at once, and a second `make precompute` goes on from there.
 precompute: venv
-	$(OFFLINE) $(BIN)/python scripts/precompute.py fusion_comparison lora_sweep prefix_lengths prefix_methods prefix_seed0 full_ft_update_spectrum
+	$(OFFLINE) $(BIN)/python scripts/precompute.py fusion_comparison lora_sweep prefix_lengths prefix_methods prefix_seed0 full_ft_update_spectrum fusion_heatmap
 	$(OFFLINE) $(BIN)/python scripts/precompute.py protocol_sentiment protocol_sst2 transfer_routing length_tradeoff
 
 # Ours vs the production twins (peft: LoRA, prompt, prefix; AdapterHub: adapter), merged LoRA vs the base

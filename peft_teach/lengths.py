@@ -75,12 +75,16 @@ def other_length(inputs: str) -> str:
     return "long" if inputs == "short" else "short"
 
 
-def run(key: str, tasks: dict[str, DatasetDict], lr: float, seed: int, tokenizer) -> dict:
-    """Train ``LENGTH_RUNS[key]`` once; its protocol numbers plus the test accuracy on the other length."""
+def run(key: str, tasks: dict[str, DatasetDict], lr: float, seed: int, tokenizer, epochs: int | None = None) -> dict:
+    """Train ``LENGTH_RUNS[key]`` once; its protocol numbers plus the test accuracy on the other length.
+
+    ``epochs`` replaces the budget's epochs: the longer probe of a run still climbing.
+    """
     spec = LENGTH_RUNS[key]
     model = build_classifier(2, seed=seed)
     spec.add(model, seed)
-    result = protocol.fit(model, tasks[spec.train_on], lr, seed, tokenizer, budget=BUDGETS[spec.train_on])
+    budget = {**BUDGETS[spec.train_on], **({"epochs": epochs} if epochs else {})}
+    result = protocol.fit(model, tasks[spec.train_on], lr, seed, tokenizer, budget=budget)
     return {**result, "other_test": evaluate(model, tasks[other_length(spec.train_on)]["test"], tokenizer)}
 
 
@@ -88,11 +92,15 @@ def summarize(stored: dict) -> dict[str, dict]:
     """``protocol.summarize`` of the stored runs, plus each run's test accuracy by input length.
 
     Every row gains ``"short"`` and ``"long"``: (mean, sample std) over the seeds of the test
-    accuracy on short and on long reviews, whichever of the two the method trained on.
+    accuracy on short and on long reviews, whichever of the two the method trained on. A row
+    with a longer probe (``row["probe"]``) gains the probe's ``"short"`` and ``"long"`` test accuracy too.
     """
     summary = protocol.summarize(stored, LENGTH_RUNS)
     for key, row in summary.items():
         trained_on = LENGTH_RUNS[key].train_on
         row[trained_on] = protocol.mean_std(row["test"])
         row[other_length(trained_on)] = protocol.mean_std([run["other_test"] for run in row["runs"]])
+        if row["probe"] is not None:
+            row["probe"] = {**row["probe"], trained_on: row["probe"]["test"],
+                            other_length(trained_on): row["probe"]["other_test"]}
     return summary

@@ -6,6 +6,7 @@
     python scripts/precompute.py prefix_methods    # lesson 04: 3 methods x 3 seeds, short and long inputs
     python scripts/precompute.py prefix_seed0      # lesson 04: the seed-0 prefix of prefix_methods, saved
     python scripts/precompute.py full_ft_update_spectrum  # lesson 05: how low-rank a converged update is
+    python scripts/precompute.py fusion_heatmap    # practice 02: a trained fusion's weights on real reviews
     python scripts/precompute.py protocol_sentiment protocol_sst2   # lesson 06: every method under the protocol
     python scripts/precompute.py transfer_routing  # lessons 02 and 06: the target task with and without sources
     python scripts/precompute.py length_tradeoff   # lesson 04: short and long inputs, and a long prefix
@@ -30,11 +31,11 @@ import torch
 from pathlib import Path
 
 from peft_teach import experiments, lengths, protocol, transfer
-from peft_teach.data import SOURCE_TASKS, load_task, load_tsv_task
+from peft_teach.data import SOURCE_TASKS, label_names, load_task, load_tsv_task
 from peft_teach.models import load_tokenizer
-from peft_teach.methods import prefix
+from peft_teach.methods import fusion, prefix
 from peft_teach.precomputed import FOLDER, path
-from peft_teach.train import enable_determinism, evaluate, get_device, steps_per_epoch
+from peft_teach.train import enable_determinism, evaluate, get_device, make_loader, steps_per_epoch
 
 
 def fusion_comparison(tokenizer) -> tuple[dict, dict]:
@@ -122,6 +123,27 @@ def full_ft_update_spectrum(tokenizer) -> tuple[dict, dict]:
     return {"singular_values": spectra, "test": result["test"], "validation_curve": result["validation_curve"]}, recipe
 
 
+def fusion_heatmap(tokenizer) -> tuple[dict, dict]:
+    """Practice 02: the fusion weights of lesson 02's seed-0 fusion (its section 4 recipe) on real routing reviews.
+
+    The practice notebook reads them instead of a made-up table: training a fusion is too slow for it.
+    """
+    model = experiments.source_adapter_model(tokenizer)
+    routing = load_task("routing")
+    accuracy = experiments.run_fusion(model, tokenizer, routing, SOURCE_TASKS, seed=0)
+    examples = experiments.test_subset(routing)
+    name = fusion.fusion_name(SOURCE_TASKS)
+    weights = torch.cat([fusion.fusion_weights(model, name, batch)
+                         for batch in make_loader(examples, tokenizer, batch_size=50)])  # (examples, layers, N)
+    results = {"adapters": list(SOURCE_TASKS), "classes": label_names(routing), "labels": list(examples["label"]),
+               "weights": [[[round(w, 4) for w in layer] for layer in example] for example in weights.tolist()],
+               "test_accuracy": accuracy}
+    recipe = {"target": "routing", **experiments.TARGET_BUDGET, "fusion_lr": experiments.FUSION_LR, "seed": 0,
+              "source_adapters": experiments.SOURCE_RECIPES,
+              "metric": f"fusion weights averaged over each review's real tokens, first {len(examples)} test reviews"}
+    return results, recipe
+
+
 # The real sentences: CI and developers have them beside the repository; learners never need them.
 SST2_FOLDER = Path(os.environ.get("PEFT_TEACH_SST2", Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"))
 TRAIN_EXAMPLES = 1200  # the synthetic task's training size: the same budget on both
@@ -142,6 +164,8 @@ def settings(recipe: dict) -> dict:
 
 SELECTION = ("final validation accuracy of seed 0, ties to the smaller learning rate; a best rate at the edge "
              "of the grid adds the next half-decade rate beyond it (at most twice)")
+PROBE_RULE = (f"; a method still rising in its last epoch gets one seed-0 run with "
+              f"{protocol.PROBE_EPOCHS // protocol.BUDGET['epochs']}x the epochs")
 
 
 class ResumableStore:
@@ -212,8 +236,7 @@ def run_protocol(name: str, data, tokenizer, description: str) -> None:
               "lr_grid": {m: list(spec.lr_grid) for m, spec in protocol.METHODS.items()},
               "train_examples": len(data["train"]), "validation_examples": len(data["validation"]),
               "test_examples": len(data["test"]),
-              "selection": SELECTION + "; a method still rising in its last epoch gets one seed-0 run with "
-                           f"{protocol.PROBE_EPOCHS // protocol.BUDGET['epochs']}x the epochs",
+              "selection": SELECTION + PROBE_RULE,
               "metric": "accuracy; validation after every epoch, test at the end"}
     store = ResumableStore(name, recipe)
     chosen = grid_then_seeds(store, protocol.METHODS,
@@ -266,14 +289,18 @@ def length_tradeoff(tokenizer) -> None:
     recipe = {"tasks": {"short": "sentiment", "long": "sentiment_long"}, "budgets": lengths.BUDGETS,
               "head_lr": protocol.HEAD_LR, "seeds": list(protocol.SEEDS),
               "lr_grid": {key: list(spec.lr_grid) for key, spec in lengths.LENGTH_RUNS.items()},
-              "selection": SELECTION + " (validation on the inputs it trains on)",
+              "selection": SELECTION + " (validation on the inputs it trains on)" + PROBE_RULE,
               "metric": "test accuracy on the inputs it trains on (test) and on the other length (other_test)"}
     store = ResumableStore("length_tradeoff", recipe)
-    grid_then_seeds(store, lengths.LENGTH_RUNS, lambda key, lr, seed: lengths.run(key, tasks, lr, seed, tokenizer))
+    chosen = grid_then_seeds(store, lengths.LENGTH_RUNS,
+                             lambda key, lr, seed: lengths.run(key, tasks, lr, seed, tokenizer))
+    probe_the_still_climbing(store, chosen, lambda key, lr, epochs: lengths.run(
+        key, tasks, lr, protocol.SEEDS[0], tokenizer, epochs=epochs))
 
 
 JOBS = {"fusion_comparison": fusion_comparison, "lora_sweep": lora_sweep, "prefix_lengths": prefix_lengths,
-        "prefix_methods": prefix_methods, "prefix_seed0": prefix_seed0, "full_ft_update_spectrum": full_ft_update_spectrum}
+        "prefix_methods": prefix_methods, "prefix_seed0": prefix_seed0, "full_ft_update_spectrum": full_ft_update_spectrum,
+        "fusion_heatmap": fusion_heatmap}
 RESUMABLE = {"protocol_sentiment": protocol_sentiment, "protocol_sst2": protocol_sst2,
              "transfer_routing": transfer_routing, "length_tradeoff": length_tradeoff}
 

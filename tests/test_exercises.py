@@ -22,6 +22,14 @@ def test_every_lesson_has_a_practice_notebook():
     assert lessons == {p.name for p in (ROOT / "exercises").glob("*.ipynb")}
 
 
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.name)
+def test_every_practice_notebook_grades_a_task_on_the_real_model(solution):
+    # its question module builds the packaged MiniLM or feeds it real reviews when a check runs
+    module = (ROOT / "peft_teach" / "questions" / f"lesson_{solution.name[:2]}.py").read_text()
+    assert any(call in module for call in ("build_classifier(", "load_base_model(", "review_batch(", "review_ids(")), (
+        f"{solution.name}: no graded task runs the real model")
+
+
 @pytest.mark.parametrize("notebook", sorted(ROOT.glob("[nse]*/[0-9]*.ipynb")), ids=lambda p: str(p.relative_to(ROOT)))
 def test_notebooks_name_the_kernel_jupyterlab_installs(notebook):
     # Another display name ("Python 3") makes JupyterLab mark the notebook modified as it opens.

@@ -81,3 +81,40 @@ def test_capacity_needs_both_baselines_and_the_clip():
 
     assert lesson_06.q6.check(fraction_of_full_ft) == INCORRECT
     assert lesson_06.q6.check(right) == CORRECT
+
+
+def _scores(query, keys):
+    return torch.einsum("btd,btnd->btn", query, keys).softmax(dim=-1)
+
+
+def test_the_fusion_in_the_real_model_needs_its_keys_values_and_softmax():
+    from peft_teach.questions import lesson_02
+
+    def right(layer, hidden, deltas):
+        weights = _scores(layer.query(hidden), layer.key(deltas))
+        return torch.einsum("btn,btnd->btd", weights, layer.value(deltas))
+
+    def forgets_the_value_map(layer, hidden, deltas):
+        return torch.einsum("btn,btnd->btd", _scores(layer.query(hidden), layer.key(deltas)), deltas)
+
+    def plain_average(layer, hidden, deltas):
+        return layer.value(deltas).mean(dim=2)
+
+    def keys_from_the_hidden_state(layer, hidden, deltas):
+        keys = layer.key(hidden).unsqueeze(2).expand_as(deltas)
+        return torch.einsum("btn,btnd->btd", _scores(layer.query(hidden), keys), layer.value(deltas))
+
+    for wrong in (forgets_the_value_map, plain_average, keys_from_the_hidden_state):
+        assert lesson_02.q6.check(wrong) == INCORRECT, wrong.__name__
+    assert lesson_02.q6.check(right) == CORRECT
+
+
+def test_the_heatmap_answer_comes_from_the_stored_fusion_and_only_one_adapter_is_right():
+    from peft_teach.questions import lesson_02
+
+    weights, labels, adapter_names, classes = lesson_02.stored_fusion_weights()
+    assert weights.shape == (len(labels), 6, len(adapter_names))
+    assert torch.allclose(weights.sum(-1), torch.ones(weights.shape[:2]), atol=1e-3)  # a softmax per layer (rounded)
+    assert set(labels.tolist()) == set(range(len(classes)))
+    verdicts = [lesson_02.q5.check(name) for name in adapter_names]
+    assert verdicts.count(CORRECT) == 1 and verdicts.count(INCORRECT) == len(adapter_names) - 1

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import Question, assert_same_tensor, grade_choice, grade_function, grade_number
+from ..checks import Question, grade_choice, grade_function, grade_number
 from ..models import build_classifier, mean_pool
-from .real_inputs import review_batch
+from .real_inputs import assert_same_logits, review_batch
 
 # ----------------------------------------------------------------- Q1: mean pooling
 
@@ -79,9 +79,7 @@ def _grade_classify(function) -> None:
         expected = model(**batch)
         model.forward = _refuse_model_call  # the task is to take the model apart, not to call it
         result = function(model, batch)
-    assert_same_tensor(result, expected, 1e-5, shape_note=" One row of class scores per review.",
-                       values_note="The shape is right, but the logits differ from the classifier's own "
-                                   "on these 8 real reviews.")
+    assert_same_logits(result, expected, 1e-5, whose="the classifier's own")
 
 
 q6 = Question("Q6 the classifier by hand, on real reviews", _grade_classify,

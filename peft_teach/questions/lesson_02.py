@@ -2,13 +2,21 @@
 (solutions/02_adapter_fusion.ipynb).
 
 Each ``Question`` grades one task; failure messages help without giving the answer.
+Q5 reads a fusion trained on real routing reviews (precomputed); Q6 runs the real
+all-MiniLM-L6-v2 with the learner's fusion in every layer.
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 
+from peft_teach import precomputed
 from peft_teach.checks import Question, grade_choice, grade_function, grade_number
+from peft_teach.methods import adapters, fusion
+from peft_teach.models import build_classifier
+from peft_teach.questions.real_inputs import assert_same_logits, review_batch
 
 # ----------------------------------------------------------------- Q1: attention scores
 
@@ -68,10 +76,86 @@ q4 = Question(
     hint="Look at the shapes of Q, K and V: does any of them depend on the number of adapters?",
 )
 
-# ----------------------------------------------------------------- Q5: read a heatmap
+# ----------------------------------------------------------------- Q5: read a real heatmap
+
+
+def stored_fusion_weights() -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
+    """Lesson 02's seed-0 fusion on real routing test reviews (precomputed: fusion_heatmap).
+
+    Returns the weights (reviews, layers, adapters), each review's label, the adapter names
+    and the class names.
+    """
+    stored = precomputed.load("fusion_heatmap")["results"]
+    return (torch.tensor(stored["weights"]), torch.tensor(stored["labels"]), stored["adapters"], stored["classes"])
+
+
+def _top_layer_favourite_for_no_action() -> str:
+    weights, labels, adapter_names, classes = stored_fusion_weights()
+    return adapter_names[int(weights[labels == classes.index("no_action"), -1].mean(dim=0).argmax())]
+
+
+def _grade_heatmap_reading(answer) -> None:
+    adapter_names = stored_fusion_weights()[2]
+    grade_choice(_top_layer_favourite_for_no_action(), tuple(adapter_names))(answer)
+
 
 q5 = Question(
-    title="Q5 read the heatmap",
-    grader=grade_choice("aspect", ("sentiment", "aspect", "topic", "negation")),
-    hint="Look only at the last row (the top layer) and find its largest entry.",
+    title="Q5 read a trained fusion's weights",
+    grader=_grade_heatmap_reading,
+    hint="Keep only the reviews the question is about, then average their weights in that one layer; "
+         "the largest mean names the adapter.",
+)
+
+# ----------------------------------------------------------------- Q6: fusion by hand (real model)
+
+FUSED = ("sentiment", "aspect", "topic", "negation")
+
+
+def _fusion_model() -> torch.nn.Module:
+    """MiniLM with four adapters and a fusion over them, perturbed so that every part of the fusion matters.
+
+    Freshly added adapters change nothing (their up-projection starts at zero) and a fresh
+    fusion is nearly uniform with V = I; random weights make a forgotten key, value or
+    softmax show up in the logits.
+    """
+    model = build_classifier(2, seed=0)
+    for i, name in enumerate(FUSED):
+        adapters.add_adapter(model, name, adapters.AdapterConfig("pfeiffer"), seed=i)
+    fusion.add_fusion(model, list(FUSED), seed=0)
+    generator = torch.Generator().manual_seed(26)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if ".adapters." in name and ".up." in name:
+                parameter.normal_(0.0, 0.05, generator=generator)
+            elif ".fusions." in name and (".query." in name or ".key." in name):
+                parameter.normal_(0.0, 0.1, generator=generator)  # the largest of 4 weights averages 0.43: peaked, not one-hot
+            elif ".fusions." in name and ".value." in name:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return model.eval()
+
+
+def _grade_fusion_in_the_model(function) -> None:
+    assert callable(function), "Pass the function itself (no parentheses)."
+    model = _fusion_model()
+    batch = review_batch("routing", count=8)
+    with torch.no_grad():
+        expected = model(**batch)  # the package's fusion in all six layers
+        layers = fusion.fusion_layers(model, fusion.fusion_name(list(FUSED)))
+        for layer in layers:
+            # your function gets only the layer's three linear maps, so it cannot call the package's fusion
+            maps = SimpleNamespace(query=layer.query, key=layer.key, value=layer.value)
+            layer.forward = lambda hidden, deltas, maps=maps: function(maps, hidden, deltas)
+        try:
+            result = model(**batch)
+        finally:
+            for layer in layers:
+                del layer.forward  # back to the package's forward
+    assert_same_logits(result, expected, 1e-4, whose="the package's fusion (yours is in all six layers)")
+
+
+q6 = Question(
+    title="Q6 your fusion inside the real model",
+    grader=_grade_fusion_in_the_model,
+    hint="The layer's three maps give you the query, the keys and the values; Q1 and Q2 already do the rest. "
+         "Which of the two inputs does each map read?",
 )

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from peft_teach.checks import Question, assert_same_tensor, grade_choice, grade_function, grade_number
+from peft_teach.checks import Question, grade_choice, grade_function, grade_number
 from peft_teach.methods.prompts import add_soft_prompt, remove_soft_prompt
 from peft_teach.models import build_classifier
-from peft_teach.questions.real_inputs import review_batch
+from peft_teach.questions.real_inputs import assert_same_logits, review_batch
 
 # ----------------------------------------------------------------- Q1: prompt concatenation
 
@@ -52,9 +52,7 @@ def _grade_prompt_logits(function) -> None:
     remove_soft_prompt(model)  # the backbone is the plain base model again: no hook does the work for you
     with torch.no_grad():
         result = function(model.backbone, prompt, model.head, batch)
-    assert_same_tensor(result, expected, 1e-5, shape_note=" One row of class scores per review.",
-                       values_note="The shape is right, but the logits differ from the package's prompt-tuned "
-                                   "model on these 8 real reviews.")
+    assert_same_logits(result, expected, 1e-5, whose="the package's prompt-tuned model")
 
 
 q2 = Question(

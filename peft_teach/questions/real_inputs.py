@@ -10,6 +10,7 @@ from functools import lru_cache
 
 import torch
 
+from ..checks import assert_same_tensor
 from ..data import load_task
 from ..models import load_tokenizer
 
@@ -40,3 +41,10 @@ def review_ids(task: str, index: int = 0, max_length: int | None = None) -> torc
     text = load_task(task)["validation"]["text"][index]
     return tokenizer()(text, truncation=max_length is not None, max_length=max_length,
                        return_tensors="pt")["input_ids"]
+
+
+def assert_same_logits(result, expected: torch.Tensor, atol: float, whose: str) -> None:
+    """The learner's class scores on a :func:`review_batch` against ``whose`` (the package's model)."""
+    assert_same_tensor(result, expected, atol, shape_note=" One row of class scores per review.",
+                       values_note=f"The shape is right, but the logits differ from {whose} "
+                                   f"on these {len(expected)} real reviews.")
