@@ -526,11 +526,11 @@ Does the generated task's verdict hold on real data? The ranks of section 2 answ
 - **Head-only stays last on both, but its gap to full fine-tuning is far smaller on SST-2**, for the same
   reason: a linear probe on frozen features is a strong baseline where the features already carry the label,
   and a weak one where they do not.
-- **A longer budget does not change the SST-2 ranking.** Section 1 flags prefix tuning, Prefix-Tuning+ and
+- **The budget is not what holds the flagged SST-2 methods back.** Section 1 flags prefix tuning, Prefix-Tuning+ and
   LoRA as still gaining more than a point in their last epoch on SST-2, but their 16-epoch probes end *lower*
   on test than their 4-epoch runs (0.805 against 0.811, 0.798 against 0.817, 0.814 against 0.828), with best
   validation near epoch 4-5 for the first two. On 500 validation sentences one point is five sentences: the
-  flag caught noise, not a method held back, and the budget is not what keeps them below full fine-tuning.
+  flag caught noise, not a method held back by the budget.
   On `sentiment` the flag was real: the soft prompt's probe climbs from 0.702 to 0.930 on test, so on the
   generated task its table number measures the budget more than the method."""),
 ("md", """## 8. Many tasks on one model: seed 001's comparison, measured
