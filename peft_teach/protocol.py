@@ -241,6 +241,17 @@ def format_probes(summary: dict[str, dict]) -> str:
     return "\n".join(lines) or "no method was still climbing"
 
 
+def format_convergence(summary: dict[str, dict], window: int = 4) -> str:
+    """One line per method: the still-climbing test, and the slower trend (mean gain over the last ``window`` epochs)."""
+    width = _label_width(summary)
+    lines = []
+    for row in summary.values():
+        gain = statistics.mean(curve[-1] - curve[-1 - window] for curve in row["curves"])
+        lines.append(f"{row['label']:<{width}} still climbing: {'yes' if still_climbing(row['curves']) else 'no':<4}"
+                     f"gain over the last {window} epochs {gain:+.3f}")
+    return "\n".join(lines)
+
+
 def format_results(summary: dict[str, dict]) -> str:
     """One line per method: trainable parameters, chosen rate, test mean ± sample std over the seeds."""
     width = _label_width(summary)

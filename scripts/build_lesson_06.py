@@ -530,7 +530,7 @@ Does the generated task's verdict hold on real data? The ranks of section 2 answ
   LoRA as still gaining more than a point in their last epoch on SST-2, but their 16-epoch probes end *lower*
   on test than their 4-epoch runs (0.805 against 0.811, 0.798 against 0.817, 0.814 against 0.828), with best
   validation near epoch 4-5 for the first two. On 500 validation sentences one point is five sentences: the
-  flag caught noise, not a method held back by the budget.
+  flag caught noise, not a method held back by the budget (one seed per probe, but all three agree).
   On `sentiment` the flag was real: the soft prompt's probe climbs from 0.702 to 0.930 on test, so on the
   generated task its table number measures the budget more than the method."""),
 ("md", """## 8. Many tasks on one model: seed 001's comparison, measured
@@ -569,11 +569,7 @@ if shared["methods"]:
 plt.tight_layout()
 plt.show()"""),
 ("code", """# the protocol's convergence test, and the slower trend: gain over the last four epochs (mean of seeds)
-width = max((len(row["label"]) for row in shared["methods"].values()), default=0)
-for method, row in shared["methods"].items():
-    last_four = np.mean([curve[-1] - curve[-5] for curve in row["curves"]])
-    print(f"{row['label']:<{width}}  still climbing: {'yes' if protocol.still_climbing(row['curves']) else 'no ':<4} "
-          f"gain over the last 4 epochs {last_four:+.3f}")"""),
+print(protocol.format_convergence(shared["methods"]) if shared["methods"] else "not precomputed yet")"""),
 ("md", """The table below puts seed 001's claims beside our measurements: accuracies and parameter counts from the
 stored transfer runs, the inference row from section 4's stored timings."""),
 ("code", """m = shared["methods"]

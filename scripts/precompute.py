@@ -124,7 +124,7 @@ def full_ft_update_spectrum(tokenizer) -> tuple[dict, dict]:
 
 
 def fusion_heatmap(tokenizer) -> tuple[dict, dict]:
-    """Practice 02: the fusion weights of lesson 02's seed-0 fusion (its section 4 recipe) on real routing reviews.
+    """Practice 02: the weights of a fusion trained with lesson 02's recipe (section 4, seed 0) on real routing reviews.
 
     The practice notebook reads them instead of a made-up table: training a fusion is too slow for it.
     """

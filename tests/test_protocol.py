@@ -182,3 +182,11 @@ def test_without_probes_the_report_says_so():
     summary = protocol.summarize(fake_store())
     assert summary["lora"]["probe"] is None
     assert protocol.format_probes(summary) == "no method was still climbing"
+
+
+def test_convergence_report_flags_the_last_epoch_and_shows_the_slower_trend():
+    summary = {"a": {"label": "rising", "curves": [[0.4, 0.5, 0.6, 0.7, 0.8, 0.9]] * 3},
+               "b": {"label": "flat", "curves": [[0.5, 0.9, 0.9, 0.9, 0.9, 0.9]] * 3}}
+    rising, flat = protocol.format_convergence(summary).splitlines()
+    assert "still climbing: yes" in rising and "gain over the last 4 epochs +0.400" in rising
+    assert "still climbing: no" in flat and "+0.000" in flat

@@ -14,6 +14,7 @@ import torch
 
 from peft_teach import precomputed
 from peft_teach.checks import Question, grade_choice, grade_function, grade_number
+from peft_teach.data import SOURCE_TASKS
 from peft_teach.methods import adapters, fusion
 from peft_teach.models import build_classifier
 from peft_teach.questions.real_inputs import assert_same_logits, review_batch
@@ -80,7 +81,7 @@ q4 = Question(
 
 
 def stored_fusion_weights() -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
-    """Lesson 02's seed-0 fusion on real routing test reviews (precomputed: fusion_heatmap).
+    """A fusion trained with lesson 02's recipe (seed 0), run on real routing test reviews (precomputed: fusion_heatmap).
 
     Returns the weights (reviews, layers, adapters), each review's label, the adapter names
     and the class names.
@@ -108,8 +109,6 @@ q5 = Question(
 
 # ----------------------------------------------------------------- Q6: fusion by hand (real model)
 
-FUSED = ("sentiment", "aspect", "topic", "negation")
-
 
 def _fusion_model() -> torch.nn.Module:
     """MiniLM with four adapters and a fusion over them, perturbed so that every part of the fusion matters.
@@ -119,9 +118,9 @@ def _fusion_model() -> torch.nn.Module:
     softmax show up in the logits.
     """
     model = build_classifier(2, seed=0)
-    for i, name in enumerate(FUSED):
+    for i, name in enumerate(SOURCE_TASKS):
         adapters.add_adapter(model, name, adapters.AdapterConfig("pfeiffer"), seed=i)
-    fusion.add_fusion(model, list(FUSED), seed=0)
+    fusion.add_fusion(model, list(SOURCE_TASKS), seed=0)
     generator = torch.Generator().manual_seed(26)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -140,7 +139,7 @@ def _grade_fusion_in_the_model(function) -> None:
     batch = review_batch("routing", count=8)
     with torch.no_grad():
         expected = model(**batch)  # the package's fusion in all six layers
-        layers = fusion.fusion_layers(model, fusion.fusion_name(list(FUSED)))
+        layers = fusion.fusion_layers(model, fusion.fusion_name(list(SOURCE_TASKS)))
         for layer in layers:
             # your function gets only the layer's three linear maps, so it cannot call the package's fusion
             maps = SimpleNamespace(query=layer.query, key=layer.key, value=layer.value)
