@@ -196,15 +196,17 @@ def build_classifier(num_labels: int, name: str | None = None, seed: int = 0) ->
 def get_backbone(model: nn.Module) -> PreTrainedModel:
     """The transformer inside ``model``: the one rule every PEFT method uses.
 
-    A :class:`SequenceClassifier` keeps it as ``model.backbone``; a bare
-    transformers model (``load_base_model()``) is its own backbone.
+    A :class:`SequenceClassifier` keeps it as ``model.backbone``; any transformers
+    model - a bare one (``load_base_model()``) or one with a language-model head
+    (``AutoModelForCausalLM``) - is its own backbone, so its ``generate`` runs the method too.
     """
     if isinstance(model, SequenceClassifier):
         return model.backbone
     if isinstance(model, PreTrainedModel):
         return model
     raise TypeError(f"Expected a SequenceClassifier or a transformers model, got {type(model).__name__}. "
-                    "Build one with build_classifier(num_labels) or load_base_model().")
+                    "Build one with build_classifier(num_labels) or load_base_model(), or pass a transformers "
+                    "model such as AutoModelForCausalLM.from_pretrained(...) (not a wrapper around it).")
 
 
 def base_model_fingerprint(model: nn.Module) -> dict[str, object]:

@@ -7,9 +7,10 @@ no download), calls the package the wrong way, and checks the message names the 
 from __future__ import annotations
 
 import pytest
+import torch
 from datasets import Dataset
 from torch import nn
-from transformers import AutoModel, BertConfig, BertModel, DistilBertConfig
+from transformers import AutoModel, BertConfig, BertModel, DistilBertConfig, GPT2Config, GPT2LMHeadModel
 
 from peft_teach import data, experiments, models, precomputed, train
 from peft_teach.methods import adapters, fusion, lora, prefix, prefix_plus, prompts
@@ -28,6 +29,18 @@ def bert(hidden: int = 32, labels: int = 2) -> SequenceClassifier:
 def distilbert() -> SequenceClassifier:
     config = DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4, hidden_dim=64)
     return SequenceClassifier(AutoModel.from_config(config).eval(), 2)
+
+
+def short_gpt2_lm_with_prompt(length: int = 3) -> GPT2LMHeadModel:
+    """A tiny causal LM with only 16 positions, and a soft prompt of ``length`` virtual tokens."""
+    config = GPT2Config(vocab_size=100, n_embd=32, n_layer=1, n_head=4, n_positions=16, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config).eval()
+    prompts.add_soft_prompt(model, length)
+    return model
+
+
+def tokens(length: int) -> torch.Tensor:
+    return torch.randint(1, 100, (1, length))
 
 
 def with_adapters(*names: str, placement: str = "pfeiffer") -> SequenceClassifier:
@@ -150,6 +163,12 @@ CASES = {
                                   "build_classifier"),
     "experiments: unknown method": (lambda tmp_path: experiments.make_method("PT+ (per-head M)", 0), ValueError,
                                     "'prefix_plus'"),
+    "methods: a module that is not a transformers model": (
+        lambda tmp_path: lora.add_lora(nn.Linear(2, 2), ("weight",)), TypeError, "AutoModelForCausalLM"),
+    "methods: a model name instead of a model": (lambda tmp_path: adapters.add_adapter("gpt2", "a"), TypeError,
+                                                 "build_classifier"),
+    "methods: fusion on a module that is not a transformers model": (
+        lambda tmp_path: fusion.add_fusion(nn.Linear(2, 2), ["a", "b"]), TypeError, "build_classifier"),
     "find_modules: no pattern": (lambda tmp_path: find_modules(bert(), []), ValueError, "e.g. ['query', 'value']"),
     # ---------------------------------------------------------------- adapters
     "adapter: unsupported architecture": (lambda tmp_path: adapters.add_adapter(distilbert(), "a"), ValueError,
@@ -215,6 +234,15 @@ CASES = {
                             ValueError, "remove_soft_prompt"),
     "prompt: remove when there is none": (lambda tmp_path: prompts.remove_soft_prompt(bert()), ValueError,
                                           "add_soft_prompt"),
+    "prompt: input + prompt longer than the model's positions": (
+        lambda tmp_path: short_gpt2_lm_with_prompt()(input_ids=tokens(14)), ValueError, "truncation=True"),
+    "prompt: generation runs past the model's positions": (
+        lambda tmp_path: short_gpt2_lm_with_prompt().generate(input_ids=tokens(10), max_new_tokens=8,
+                                                              do_sample=False, pad_token_id=0),
+        ValueError, "max_new_tokens=..."),
+    "prompt: classifier input + prompt longer than BERT's positions": (
+        lambda tmp_path: [prompts.add_soft_prompt(m := bert(), 3), m(input_ids=tokens(63))], ValueError,
+        "add_soft_prompt(model, length=...)"),
     # ---------------------------------------------------------------- prefix and Prefix-Tuning+
     "prefix: negative length": (lambda tmp_path: prefix.add_prefix(bert(), length=-1), ValueError,
                                 "positive integer"),

@@ -2,8 +2,9 @@
 
 Every method has the same verbs (as AdapterHub and peft do for theirs). ``model`` is a
 :class:`~peft_teach.models.SequenceClassifier` (its transformer is ``model.backbone``,
-reached by every method through :func:`~peft_teach.models.get_backbone`) or a bare
-transformers model.
+reached by every method through :func:`~peft_teach.models.get_backbone`), a bare
+transformers model, or a causal language model (``LlamaForCausalLM``, ``GPT2LMHeadModel``,
+...), whose ``generate`` then runs the method at every step, key/value cache included.
 
 | method          | add (returns the new modules) | save / load                                | remove                 | formula count                   | measured count             | module                  |
 |-----------------|-------------------------------|--------------------------------------------|------------------------|---------------------------------|----------------------------|-------------------------|
@@ -18,7 +19,8 @@ The same rules hold for all of them:
 
 * ``add_*(model, ..., seed=0)`` is seeded, returns ``{name in model: new module}`` and
   leaves exactly the method's new parameters and the classifier ``head`` trainable
-  (one shared helper, :func:`~peft_teach.methods.inject.train_only`). Adapters and
+  (one shared helper, :func:`~peft_teach.methods.inject.train_only`); a language model's
+  ``lm_head`` is not a new task head and stays frozen. Adapters and
   fusions are named and each gets its own head; ``train_adapter`` / ``train_fusion``
   switch which one is active and trainable.
 * ``save_*(model, [name,] folder)`` writes ``weights.safetensors`` (the method's tensors

@@ -227,6 +227,7 @@ def add_adapter(model: nn.Module, name: str, config: AdapterConfig | None = None
     outputs (default: the current head's), swapped in by :func:`set_active`.
     Returns the new adapters by module name.
     """
+    backbone = get_backbone(model)  # first: anything but a transformers model fails with the fix
     config = config or AdapterConfig()
     if not isinstance(name, str) or not name or "." in name:
         raise ValueError(f"An adapter name must be a non-empty string without dots, got {name!r} (e.g. 'sentiment').")
@@ -236,7 +237,6 @@ def add_adapter(model: nn.Module, name: str, config: AdapterConfig | None = None
     if other:
         raise ValueError(f"This model holds {sorted(other)} adapters; use one placement per model "
                          f"(remove_adapter those first, or add this one with placement={sorted(other)[0]!r}).")
-    backbone = get_backbone(model)
     prefix = "backbone." if backbone is not model else ""
     d = backbone.config.hidden_size
     m = config.bottleneck(d)

@@ -1,8 +1,11 @@
 """Where things live inside each transformer family: the one table every method reads.
 
 Methods name modules by regular expressions over full module names (see
-:func:`peft_teach.methods.inject.find_modules`), relative to the backbone.
-Two block layouts exist among the supported families:
+:func:`peft_teach.methods.inject.find_modules`). The table's patterns are relative to
+the bare transformer (``AutoModel``: ``layers.0.self_attn``); a model with a task head
+around it keeps the transformer under ``base_model_prefix`` (``LlamaForCausalLM``:
+``model.layers.0.self_attn``, ``GPT2LMHeadModel``: ``transformer.h.0.attn``), so
+:func:`layout_of` prepends that path. Two block layouts exist among the supported families:
 
 * **post-LN** (BERT, RoBERTa): ``y = LayerNorm(h + r)`` closes each sub-layer, inside
   a ``*Output`` module (``dense``, ``dropout``, ``LayerNorm``);
@@ -12,7 +15,8 @@ Two block layouts exist among the supported families:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -26,6 +30,14 @@ class Layout:
     attention_output: str  # post-LN: the *Output after attention; pre-LN: the attention module
     ffn_output: str        # post-LN: the *Output after the FFN;    pre-LN: the MLP module
     block: str             # one transformer layer
+
+    def inside(self, path: str) -> Layout:
+        """The same layout for a transformer that sits at ``path`` (``"model."``; ``""``: the backbone itself)."""
+        if not path:
+            return self
+        prefix = re.escape(path)
+        return replace(self, **{field: prefix + getattr(self, field)
+                                for field in ("self_attention", "attention_output", "ffn_output", "block")})
 
 
 _BERT = Layout("post", r"encoder\.layer\.\d+\.attention\.self", r"encoder\.layer\.\d+\.attention\.output",
@@ -49,7 +61,20 @@ def layout_of(backbone: nn.Module, method: str) -> Layout:
             f"Supported model types: {sorted(LAYOUTS)}. Use one of these, or add a Layout for yours "
             "to peft_teach.methods.architectures.LAYOUTS."
         )
-    return LAYOUTS[model_type]
+    return LAYOUTS[model_type].inside(base_model_path(backbone))
+
+
+def base_model_path(backbone: nn.Module) -> str:
+    """Where the bare transformer sits inside ``backbone``: ``""`` for an ``AutoModel``,
+    ``"model."`` in a ``LlamaForCausalLM``, ``"transformer."`` in a ``GPT2LMHeadModel``.
+
+    transformers names that attribute ``base_model_prefix``; a model with a head
+    (language-model or classification) keeps its transformer there.
+    """
+    base = getattr(backbone, "base_model", backbone)
+    if base is backbone:
+        return ""
+    return next(name for name, module in backbone.named_modules() if module is base) + "."
 
 
 def attention_shape(config) -> tuple[int, int, int, int]:
@@ -58,3 +83,14 @@ def attention_shape(config) -> tuple[int, int, int, int]:
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     return config.num_hidden_layers, heads, kv_heads, head_dim
+
+
+def position_limit(config) -> int | None:
+    """How many positions the model can number (``None``: the config declares no limit).
+
+    RoBERTa's position table reserves its first ``pad_token_id + 1`` rows (it counts from there).
+    """
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and config.model_type in ("roberta", "xlm-roberta"):
+        limit -= config.pad_token_id + 1
+    return limit

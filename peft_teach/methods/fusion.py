@@ -54,6 +54,7 @@ from peft_teach.methods.adapters import (
 )
 from peft_teach.methods.checkpoint import CheckpointError, load_head, load_into, read_checkpoint, save_checkpoint, split_head
 from peft_teach.methods.inject import replace_module, train_only
+from peft_teach.models import get_backbone
 
 
 class FusionLayer(nn.Module):
@@ -115,6 +116,7 @@ def add_fusion(model: nn.Module, adapter_names: Sequence[str], num_labels: int |
     The fusion is called ``fusion_name(adapter_names)``. With a classifier ``head``
     it gets its own head of ``num_labels`` outputs. Returns the new layers by name.
     """
+    get_backbone(model)  # first: anything but a transformers model fails with the fix
     if isinstance(adapter_names, str) or not adapter_names:  # "sentiment" would fuse 's', 'e', 'n', ...
         raise ValueError(f"Give a list of adapter names to fuse, e.g. ['sentiment', 'aspect'], got {adapter_names!r}.")
     adapter_names = list(adapter_names)

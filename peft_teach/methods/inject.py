@@ -137,7 +137,9 @@ def train_only(model: nn.Module, new: Iterable[nn.Module | nn.Parameter]) -> lis
 
     Every method's ``add_*`` ends with this call, so "trainable = what the method
     added + the head" is written once. (LoRA passes its A and B, not the LoRALinear,
-    whose frozen base layer must stay frozen.) Returns the trainable parameter names.
+    whose frozen base layer must stay frozen.) A causal LM's ``lm_head`` is not such a
+    head: it is the pre-trained output layer (often tied to the input embeddings), so it
+    stays frozen. Returns the trainable parameter names.
     """
     freeze(model)
     for part in new:

@@ -142,12 +142,12 @@ def add_lora(model: nn.Module, targets: str | Iterable[str] = ("query", "value")
     ``"c_attn"``, ``"q_proj"`` or a full-name regular expression), inside the backbone.
     Returns the new layers by their name in ``model``.
     """
+    backbone = get_backbone(model)  # first: anything but a transformers model fails with the fix
     check_rank_and_alpha(r, alpha)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"LoRA dropout is a probability in [0, 1), got {dropout!r} (e.g. 0.0 or 0.1).")
     if lora_layers(model):
         raise ValueError("This model already has LoRA layers; remove_lora(model) first, or build a fresh model.")
-    backbone = get_backbone(model)
     prefix = "backbone." if backbone is not model else ""
     found = find_modules(backbone, targets, module_type=ADAPTABLE)
     generator = torch.Generator().manual_seed(seed)  # one stream, model order: reproducible

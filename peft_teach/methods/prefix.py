@@ -32,6 +32,13 @@ padding/causal mask with the mask function registered under the same name; if we
 not register one, ``transformers`` would build **no mask at all** for an unknown
 implementation and padding would silently leak into attention.
 
+Generation needs nothing more: with the key/value cache, each decoding step's
+attention call gets the cached keys and values of the real tokens, and the prefix is
+prepended to them again (it is never written into the cache). As the prefix takes no
+position, the input's positions and the model's position limit are those of the base
+model (peft, which puts the prefix into the cache instead, moves the real tokens to
+positions l, l+1, ...: see tests/test_prefix_parity.py).
+
 Unified view (He et al., ICLR 2022): splitting the softmax over [prefix; tokens] gives
 ``head = (1 - lambda(x)) Attn(x) + lambda(x) softmax(x W_q P_k^T) P_v``, where
 ``lambda(x)`` is the attention mass the query puts on the prefix. Prefix tuning is a

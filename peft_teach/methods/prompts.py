@@ -24,9 +24,18 @@ in the baselines and prefix tuning; the prompt acts purely through attention.
 How it plugs in: the backbone stays untouched. :func:`add_soft_prompt` registers two
 hooks on it: before it runs, put the prompt in front of the embedded input and widen
 the mask (:meth:`SoftPrompt.prepend`); after it runs, drop the prompt's positions
-from ``last_hidden_state`` (:meth:`SoftPrompt.drop`). :func:`remove_soft_prompt`
-takes both hooks away. The other verbs: ``save_soft_prompt`` / ``load_soft_prompt``,
-:func:`soft_prompt_parameter_count` (formula) and :func:`soft_prompt_parameters`.
+from ``last_hidden_state`` - or, for a causal language model, from ``logits``
+(:meth:`SoftPrompt.drop`). :func:`remove_soft_prompt` takes both hooks away. The other
+verbs: ``save_soft_prompt`` / ``load_soft_prompt``, :func:`soft_prompt_parameter_count`
+(formula) and :func:`soft_prompt_parameters`.
+
+Generation (``model.generate`` with the key/value cache): the prompt is prepended only
+on the first forward of a sequence, when the cache is still empty; the cache then holds
+the prompt's keys and values, so each later step feeds one new token and the hook only
+widens the attention mask by l ones and moves the given ``position_ids`` by l (the real
+tokens sit at positions l, l+1, ..., after the prompt's 0..l-1). ``generate`` counts
+positions from its own mask, which skips left padding; a full forward without
+``position_ids`` numbers every column, padding included, as peft does.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from peft_teach.methods.architectures import position_limit
 from peft_teach.methods.checkpoint import load_one_module, save_checkpoint
 from peft_teach.methods.inject import train_only
 from peft_teach.models import get_backbone
@@ -60,31 +70,94 @@ class SoftPrompt(nn.Module):
         self.weight = nn.Parameter(embeddings.detach().clone())
         self.init = init
         self.hooks: list = []  # handles of the backbone hooks, for remove_soft_prompt
+        self.real_length: int | None = None  # set by prepend for drop: real tokens of a call that got the prompt
 
     @property
     def length(self) -> int:
         return self.weight.shape[0]
 
     def prepend(self, backbone: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        """Forward pre-hook: embed the input, put the prompt in front, widen the mask."""
+        """Forward pre-hook: put the prompt in front of the input, or (decoding) account for it being cached."""
         kwargs = dict(kwargs)
-        input_ids = args[0] if args else kwargs.pop("input_ids", None)
+        if args:  # model(input_ids) called positionally
+            kwargs["input_ids"] = args[0]
+        cache = kwargs.get("past_key_values")
+        cached = cache.get_seq_length() if cache is not None else 0
+        if cached == 0:
+            self._prepend_to_input(backbone, kwargs)
+        else:
+            self._follow_cached_prompt(kwargs)
+        check_positions(backbone.config, kwargs, cached, self.length)
+        return (), kwargs
+
+    def _prepend_to_input(self, backbone: nn.Module, kwargs: dict) -> None:
+        """First forward of a sequence: [P_e; X_e], and every per-token input widened by l in front."""
+        input_ids = kwargs.pop("input_ids", None)
         embeds = kwargs.pop("inputs_embeds", None)
         if embeds is None:
             embeds = backbone.get_input_embeddings()(input_ids)
+        self.real_length = embeds.shape[1]
+        batch, length, device = embeds.shape[0], self.length, embeds.device
         mask = kwargs.get("attention_mask")
         if mask is None:
-            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=device)
         kwargs["inputs_embeds"], kwargs["attention_mask"] = prepend_prompt(self.weight, embeds, mask)
         types = kwargs.get("token_type_ids")
         if types is not None:  # BERT tokenizers return these: the prompt is segment 0
-            kwargs["token_type_ids"] = torch.cat([torch.zeros_like(types[:, :1]).expand(-1, self.length), types], 1)
-        return (), kwargs
+            kwargs["token_type_ids"] = torch.cat([torch.zeros_like(types[:, :1]).expand(-1, length), types], 1)
+        positions = kwargs.get("position_ids")
+        if positions is not None:  # the prompt takes 0..l-1, the real tokens move up by l
+            prompt_positions = torch.arange(length, dtype=positions.dtype, device=device).expand(batch, -1)
+            kwargs["position_ids"] = torch.cat([prompt_positions, positions + length], dim=1)
+        labels = kwargs.get("labels")
+        if labels is not None:  # a causal LM's loss: nothing to predict at the prompt's positions
+            ignore = torch.full((batch, length), -100, dtype=labels.dtype, device=labels.device)
+            kwargs["labels"] = torch.cat([ignore, labels], dim=1)
+
+    def _follow_cached_prompt(self, kwargs: dict) -> None:
+        """A decoding step: the cache already holds the prompt, so the new tokens only need
+        a mask that covers it (l more columns in front) and positions that count it."""
+        self.real_length = None
+        mask = kwargs.get("attention_mask")
+        if mask is not None:
+            ones = torch.ones(mask.shape[0], self.length, dtype=mask.dtype, device=mask.device)
+            kwargs["attention_mask"] = torch.cat([ones, mask], dim=1)
+        if kwargs.get("position_ids") is not None:
+            kwargs["position_ids"] = kwargs["position_ids"] + self.length
 
     def drop(self, backbone: nn.Module, args: tuple, kwargs: dict, output):
-        """Forward hook: keep the real tokens' states only (the classifier pools those)."""
-        output.last_hidden_state = output.last_hidden_state[:, self.length:]
+        """Forward hook: keep the real tokens' states (the classifier pools those) or logits (a language model's)."""
+        if self.real_length is None:  # a decoding step: no prompt positions in this output
+            return output
+        for field in ("last_hidden_state", "logits"):
+            value = getattr(output, field, None)
+            if value is not None:  # (logits_to_keep may already have cut the prompt away: then -T: keeps all)
+                setattr(output, field, value[:, -self.real_length:])
+        self.real_length = None
         return output
+
+
+def check_positions(config, kwargs: dict, cached: int, length: int) -> None:
+    """The prompt uses l positions: fail clearly, with the fix, when input + prompt do not fit the model.
+
+    Without this check a BERT or GPT-2 would fail deep inside its position embedding with an
+    index error; a Llama would run on positions it was never trained on.
+    """
+    limit = position_limit(config)
+    if limit is None:
+        return
+    positions = kwargs.get("position_ids")
+    if positions is not None:
+        needed = int(positions.max()) + 1
+    else:
+        embeds = kwargs.get("inputs_embeds")
+        needed = cached + (embeds if embeds is not None else kwargs["input_ids"]).shape[1]
+    if needed > limit:
+        raise ValueError(
+            f"Input and soft prompt need {needed} positions (the prompt takes the first {length}), but this model "
+            f"has {limit} (config.max_position_embeddings). "
+            "Shorten the input (tokenizer(..., truncation=True, max_length=...)), generate fewer tokens "
+            "(max_new_tokens=...), or use a shorter prompt (add_soft_prompt(model, length=...)).")
 
 
 def initial_prompt(backbone: nn.Module, length: int, init: str = "random", text: str | None = None,
