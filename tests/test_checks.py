@@ -43,3 +43,13 @@ def test_compare_and_expect_close(capsys):
     assert "0.91" not in capsys.readouterr().out
     with pytest.raises(AssertionError, match="0.8000"):
         checks.expect_close("acc", 0.8, 0.9, 0.02)
+
+
+def test_a_crashing_answer_is_incorrect_with_what_it_raised(capsys):
+    def crashes(x):
+        return x @ torch.ones(5)  # wrong shapes: torch raises RuntimeError
+
+    question = checks.Question("Q4 crash", checks.grade_function(lambda: (torch.ones(3),), lambda x: 2 * x), "x + x")
+    assert question.check(crashes) == checks.INCORRECT
+    out = capsys.readouterr().out
+    assert "your code raised RuntimeError" in out and "Traceback" not in out

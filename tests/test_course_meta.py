@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from course_meta import COLAB_NOTE, INSTALL_COMMAND, REPO, colab_badge  # noqa: E402
+from course_meta import COLAB_NOTE, INSTALL_COMMAND, LLM_COLAB_NOTE, LLM_LESSONS, REPO, colab_badge  # noqa: E402
 
 NOTEBOOKS = sorted(ROOT.glob("notebooks/[0-9]*.ipynb")) + sorted(ROOT.glob("solutions/[0-9]*.ipynb")) \
     + sorted(ROOT.glob("exercises/[0-9]*.ipynb"))
@@ -25,7 +25,7 @@ def test_every_notebook_opens_in_colab_and_says_how_to_install(notebook):
     if target.parts[0] == "solutions":  # a practice badge opens the exercise, in both twins
         target = Path("exercises") / target.name
     assert colab_badge(str(target)) in first
-    assert COLAB_NOTE in first
+    assert (LLM_COLAB_NOTE if target.name[:2] in LLM_LESSONS else COLAB_NOTE) in first
 
 
 def test_readme_uses_the_same_install_recipe():
