@@ -399,14 +399,8 @@ def parse_answer(text: str) -> dict | None:
     return None
 
 
-def score_answers(predictions: Sequence[str], references: Sequence[dict] | Dataset) -> dict[str, float]:
-    """Exact-match scores of generated answers against the true fields.
-
-    Returns ``parse_rate`` (share of answers holding a JSON object), one accuracy
-    per field in ``FIELDS`` and ``all_fields`` (share with all three right). An
-    answer that does not parse counts as wrong for every field. Values must match
-    exactly: "Billing" is not "billing".
-    """
+def _checked_references(predictions: Sequence[str], references: Sequence[dict] | Dataset) -> list[dict]:
+    """The references as dicts of the fields, after checking they pair one-to-one with the predictions."""
     if isinstance(predictions, str):
         raise TypeError("predictions must be a list of generated strings, one per ticket, not a single string.")
     if isinstance(references, Dataset):
@@ -420,13 +414,29 @@ def score_answers(predictions: Sequence[str], references: Sequence[dict] | Datas
         missing = [field for field in FIELDS if field not in reference]
         if missing:
             raise KeyError(f"A reference lacks the field(s) {missing}; each needs {list(FIELDS)}.")
+    return list(references)
 
+
+def correct_per_ticket(predictions: Sequence[str], references: Sequence[dict] | Dataset) -> dict[str, list[bool]]:
+    """For every ticket: did the answer parse, is each field right, are all three right?
+
+    An answer that does not parse counts as wrong for every field. Values must match
+    exactly: "Billing" is not "billing".
+    """
+    references = _checked_references(predictions, references)
     parsed = [parse_answer(p) for p in predictions]
-    n = len(predictions)
-    scores = {"parse_rate": sum(p is not None for p in parsed) / n}
+    right = {"parse_rate": [p is not None for p in parsed]}
     for field in FIELDS:
-        scores[field] = sum(p is not None and p.get(field) == r[field] for p, r in zip(parsed, references)) / n
-    scores["all_fields"] = sum(
-        p is not None and all(p.get(f) == r[f] for f in FIELDS) for p, r in zip(parsed, references)
-    ) / n
-    return scores
+        right[field] = [p is not None and p.get(field) == r[field] for p, r in zip(parsed, references)]
+    right["all_fields"] = [all(right[field][i] for field in FIELDS) for i in range(len(parsed))]
+    return right
+
+
+def score_answers(predictions: Sequence[str], references: Sequence[dict] | Dataset) -> dict[str, float]:
+    """Exact-match scores of generated answers against the true fields.
+
+    Returns ``parse_rate`` (share of answers holding a JSON object), one accuracy
+    per field in ``FIELDS`` and ``all_fields`` (share with all three right), each the
+    mean of :func:`correct_per_ticket`.
+    """
+    return {name: sum(flags) / len(flags) for name, flags in correct_per_ticket(predictions, references).items()}

@@ -7,14 +7,8 @@ Kept as a script while the lesson is young: one place to edit the source, then
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import nbformat
-import publish_runtimes
-from course_meta import COLAB_NOTE, KERNELSPEC, colab_badge
-
-ROOT = Path(__file__).resolve().parents[1]
+import notebook_builder
+from course_meta import COLAB_NOTE, colab_badge
 
 CELLS: list[tuple[str, str]] = [
 ("md", f"""# Lesson 06 — The PEFT design space: capacity, memory, speed
@@ -742,39 +736,6 @@ is the natural choice; for a server that switches tasks per request, unmerged Lo
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = KERNELSPEC
-    notebook.cells = [nbformat.v4.new_markdown_cell(src) if kind == "md" else nbformat.v4.new_code_cell(src)
-                      for kind, src in CELLS]
-    runtimes = json.loads(publish_runtimes.RUNTIMES.read_text())
-    lesson = "notebooks/06_design_space.ipynb"
-    if lesson in runtimes["seconds"]:  # the header states the published runtime, as every lesson's does
-        notebook.cells[0].source = publish_runtimes.expected_first_cell(notebook.cells[0].source, runtimes, lesson)
-    return notebook
-
-
-def refresh_markdown(path: Path) -> None:
-    """Write the current prose around the executed code cells of ``path``, keeping their outputs.
-
-    Only for prose changes: the code cells must be the same, in the same order.
-    """
-    stored, fresh = nbformat.read(path, as_version=4), build()
-    executed = [cell for cell in stored.cells if cell.cell_type == "code"]
-    if [c.source for c in executed] != [c.source for c in fresh.cells if c.cell_type == "code"]:
-        raise SystemExit("The code cells changed: rebuild without --markdown-only and execute the notebook again.")
-    code = iter(executed)
-    stored.cells = [next(code) if cell.cell_type == "code" else cell for cell in fresh.cells]
-    nbformat.write(stored, path)
-
 
 if __name__ == "__main__":
-    import sys
-
-    target = ROOT / "notebooks" / "06_design_space.ipynb"
-    if "--markdown-only" in sys.argv:
-        refresh_markdown(target)
-        print("updated the prose of notebooks/06_design_space.ipynb (outputs kept)")
-    else:
-        nbformat.write(build(), target)
-        print("wrote notebooks/06_design_space.ipynb")
+    notebook_builder.main(CELLS, "notebooks/06_design_space.ipynb")

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import nbformat
-from course_meta import COLAB_NOTE, KERNELSPEC, colab_badge
-
-ROOT = Path(__file__).resolve().parents[1]
+import notebook_builder
+from course_meta import COLAB_NOTE, colab_badge
 
 CELLS = [
 ("md", f"""# Practice 06 — The PEFT design space
@@ -108,8 +104,4 @@ to full fine-tuning on real sentences or on the generated task?"""),
 
 
 if __name__ == "__main__":
-    notebook = nbformat.v4.new_notebook()
-    notebook.metadata["kernelspec"] = KERNELSPEC
-    notebook.cells = [nbformat.v4.new_markdown_cell(s) if k == "md" else nbformat.v4.new_code_cell(s) for k, s in CELLS]
-    nbformat.write(notebook, ROOT / "solutions" / "06_design_space.ipynb")
-    print("wrote solutions/06_design_space.ipynb")
+    notebook_builder.main(CELLS, "solutions/06_design_space.ipynb")

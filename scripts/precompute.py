@@ -10,6 +10,7 @@
     python scripts/precompute.py protocol_sentiment protocol_sst2   # lesson 06: every method under the protocol
     python scripts/precompute.py transfer_routing  # lessons 02 and 06: the target task with and without sources
     python scripts/precompute.py length_tradeoff   # lesson 04: short and long inputs, and a long prefix
+    python scripts/precompute.py llm_tickets       # lesson 07: prompting and PEFT methods on the packaged LLM
 
 Each writes ``peft_teach/precomputed/<name>.json`` with the results, the recipe and
 how long it took. The protocol and transfer jobs are long (9 methods x (3 learning
@@ -30,8 +31,8 @@ import torch
 
 from pathlib import Path
 
-from peft_teach import experiments, lengths, protocol, transfer
-from peft_teach.data import SOURCE_TASKS, label_names, load_task, load_tsv_task
+from peft_teach import experiments, lengths, llm, llm_experiments, protocol, tickets, transfer
+from peft_teach.data import SOURCE_TASKS, SST2_SAMPLE, label_names, load_task, load_tsv_task
 from peft_teach.models import load_tokenizer
 from peft_teach.methods import fusion, prefix
 from peft_teach.precomputed import FOLDER, path
@@ -144,8 +145,8 @@ def fusion_heatmap(tokenizer) -> tuple[dict, dict]:
     return results, recipe
 
 
-# The real sentences: CI and developers have them beside the repository; learners never need them.
-SST2_FOLDER = Path(os.environ.get("PEFT_TEACH_SST2", Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"))
+# The real sentences ship with the package (peft_teach/sst2, see its README); PEFT_TEACH_SST2 points elsewhere.
+SST2_FOLDER = Path(os.environ.get("PEFT_TEACH_SST2", SST2_SAMPLE))
 TRAIN_EXAMPLES = 1200  # the synthetic task's training size: the same budget on both
 
 
@@ -166,6 +167,16 @@ SELECTION = ("final validation accuracy of seed 0, ties to the smaller learning 
              "of the grid adds the next half-decade rate beyond it (at most twice)")
 PROBE_RULE = (f"; a method still rising in its last epoch gets one seed-0 run with "
               f"{protocol.PROBE_EPOCHS // protocol.BUDGET['epochs']}x the epochs")
+
+
+def write_atomically(file: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``file``, then rename it into place.
+
+    A job killed mid-write leaves the previous complete file (a rename is atomic), never a truncated one.
+    """
+    temporary = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, file)
 
 
 class ResumableStore:
@@ -196,7 +207,7 @@ class ResumableStore:
             runs[key] = {**result, "seconds": round(time.perf_counter() - start),
                          "cpu_seconds": round(time.process_time() - cpu_start)}
             self.stored["seconds"] += runs[key]["seconds"]
-            self.file.write_text(json.dumps(self.stored, indent=2) + "\n")
+            write_atomically(self.file, json.dumps(self.stored, indent=2) + "\n")
             print(f"{self.name}: {key} ({runs[key]['seconds']} s)", flush=True)
         return runs[key]
 
@@ -298,11 +309,40 @@ def length_tradeoff(tokenizer) -> None:
         key, tasks, lr, protocol.SEEDS[0], tokenizer, epochs=epochs))
 
 
+def llm_tickets(tokenizer) -> None:
+    """Lesson 07: zero- and few-shot prompting, the live check, then each method's grid and seeds; resumable."""
+    del tokenizer  # the encoder's; this job uses the LLM's
+    tokenizer = llm.load_llm_tokenizer()
+    data = tickets.load_tickets()
+    E = llm_experiments
+    recipe = {"task": "support tickets -> JSON (peft_teach.tickets, seed 0)", **E.BUDGET, "seeds": list(E.SEEDS),
+              "lr_grid": {m: list(spec.lr_grid) for m, spec in E.METHODS.items()}, "live": E.LIVE,
+              "few_shot": E.FEW_SHOT, "max_new_tokens": E.MAX_NEW_TOKENS,
+              "train_examples": len(data["train"]), "validation_examples": len(data["validation"]),
+              "test_examples": len(data["test"]),
+              "selection": f"validation {E.SELECTION_METRIC} of seed 0, ties to the smaller rate; the two-rate grid is "
+                           "not grown past an edge winner (not yet: the runs take hours on a CPU)",
+              "metric": "greedy decoding; parse rate and exact match per field on the full test split"}
+    store = ResumableStore("llm_tickets", recipe)
+    store.get("zero_shot", lambda: {"test": E.prompting(tokenizer, data, 0)})
+    live = E.LIVE
+    store.get("live", lambda: E.run(live["method"], data, live["lr"], live["seed"], tokenizer, steps=live["steps"],
+                                    test_examples=live["test_examples"]))
+
+    def run(method: str, lr: float, seed: int) -> dict:
+        result = E.run(method, data, lr, seed, tokenizer)
+        return {"lr": lr, "seed": seed, "validation": result["validation_scores"][E.SELECTION_METRIC], **result}
+
+    store.get(f"few_shot_k{E.FEW_SHOT}", lambda: {"test": E.prompting(tokenizer, data, E.FEW_SHOT)})
+    for method in E.METHODS:  # one method at a time, so a stopped job has whole methods stored
+        grid_then_seeds(store, {method: E.METHODS[method]}, run, extensions=0)
+
+
 JOBS = {"fusion_comparison": fusion_comparison, "lora_sweep": lora_sweep, "prefix_lengths": prefix_lengths,
         "prefix_methods": prefix_methods, "prefix_seed0": prefix_seed0, "full_ft_update_spectrum": full_ft_update_spectrum,
         "fusion_heatmap": fusion_heatmap}
 RESUMABLE = {"protocol_sentiment": protocol_sentiment, "protocol_sst2": protocol_sst2,
-             "transfer_routing": transfer_routing, "length_tradeoff": length_tradeoff}
+             "transfer_routing": transfer_routing, "length_tradeoff": length_tradeoff, "llm_tickets": llm_tickets}
 
 
 def main() -> None:
@@ -320,7 +360,7 @@ def main() -> None:
         results, recipe = JOBS[name](tokenizer)
         seconds = time.perf_counter() - start
         machine = {**machine_info(), "seconds": round(seconds)}
-        path(name).write_text(json.dumps({"results": results, "recipe": recipe, "machine": machine}, indent=2) + "\n")
+        write_atomically(path(name), json.dumps({"results": results, "recipe": recipe, "machine": machine}, indent=2) + "\n")
         print(f"{name}: {seconds:.0f} s -> {path(name)}")
 
 

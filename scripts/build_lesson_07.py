@@ -1,0 +1,463 @@
+"""Write notebooks/07_peft_on_a_language_model.ipynb (unexecuted) from the cells below.
+
+``python scripts/build_lesson_07.py``, then ``python scripts/execute_notebooks.py
+notebooks/07_peft_on_a_language_model.ipynb`` stores it executed; ``--markdown-only`` copies changed prose
+into the executed notebook (its code cells must be unchanged).
+"""
+
+from __future__ import annotations
+
+import notebook_builder
+from course_meta import LLM_COLAB_NOTE, colab_badge
+
+LESSON = "notebooks/07_peft_on_a_language_model.ipynb"
+
+CELLS: list[tuple[str, str]] = [
+("md", f"""# Lesson 07 — PEFT on a language model that writes
+
+{colab_badge(LESSON)}
+
+**You will learn to**
+- load a real instruct language model offline (SmolLM2-135M-Instruct) and read what it reads: the chat template;
+- turn a task into *generation* — a support ticket in, a JSON answer out — and score it exactly: parse rate and
+  exact match per field;
+- measure what a practitioner tries first, zero-shot and few-shot prompting, before any fine-tuning;
+- build a training batch for a causal LM: loss on the answer tokens only, left padding;
+- write LoRA into the LLM's attention yourself and check it against the package on logits *and* gradients;
+- train it live, score it against prompting, merge it for serving, and check it against `peft` on the same weights;
+- attach the course's other methods to the LLM (soft prompt, prefix, adapters) and read the stored comparison;
+- count what training an LLM costs in memory: the activations dominate.
+
+**Prerequisites:** lesson 05 (LoRA); lessons 01 and 03 for the other methods in section 8.
+
+**Runtime (measured):** see the README syllabus.
+
+The comparison of section 7 (three methods, two learning rates, three seeds, and few-shot prompting) is
+precomputed (`make precompute`, job `llm_tickets`); this lesson re-trains one stored configuration live.
+
+{LLM_COLAB_NOTE}"""),
+("code", """import copy
+import warnings
+
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
+
+from peft_teach import llm, llm_experiments, precomputed, tickets
+from peft_teach.checks import compare, expect_close
+from peft_teach.measure import count_parameters, format_mb, training_memory
+from peft_teach.methods import adapters, lora, prefix, prompts
+from peft_teach.methods.inject import find_modules, replace_module
+from peft_teach.train import enable_determinism, set_seed
+
+set_seed(0)
+enable_determinism()
+tokenizer = llm.load_llm_tokenizer()  # the packaged SmolLM2: no download, sha256 checked
+model = llm.load_llm()                # its 4-bit weights, dequantized to float32
+config = model.config
+print(f"{type(model).__name__}: {count_parameters(model):,} parameters")
+print(f"{config.num_hidden_layers} layers, hidden size d = {config.hidden_size}, "
+      f"{config.num_attention_heads} query heads and {config.num_key_value_heads} key/value heads of size {config.head_dim}, "
+      f"vocabulary {config.vocab_size:,}, tied input/output embeddings: {config.tie_word_embeddings}")"""),
+("md", """## 1. What an instruct model reads
+
+SmolLM2-135M-Instruct is a Llama-architecture decoder (Allal et al., 2025), 30 times smaller than the smallest
+Llama 3. It was trained on *conversations*, written in a fixed text format, the **chat template**: each turn opens
+with `<|im_start|>` and a role, and closes with `<|im_end|>`. To ask it something we write our question in that
+format and end with an open assistant turn; the model continues from there, and stops when it writes `<|im_end|>`.
+The tokenizer stores the template, so `llm.chat_text` builds it for us. Without a system message the template adds
+its own default one."""),
+("code", """question = "What is the capital of France?"
+print(llm.chat_text(tokenizer, question))
+answer = llm.generate(model, tokenizer, [question], max_new_tokens=20)[0]
+print("answer:", answer)
+assert "Paris" in answer"""),
+("md", """Three details of the tokenizer matter for everything below:
+
+- **`<|im_end|>` is the end-of-sequence token.** Generation stops on it, so a fine-tuned answer must end with it.
+- **Padding uses the same token** (the model has no separate pad token). That is harmless: padded positions are
+  masked out of attention and out of the loss.
+- **Padding goes on the left.** A decoder writes at the end of a row. If a batch of prompts of different lengths is
+  padded on the left, every prompt ends in the same column and all rows continue from there."""),
+("code", """print(f"eos {tokenizer.eos_token!r} (id {tokenizer.eos_token_id}), pad {tokenizer.pad_token!r}, "
+      f"padding side {tokenizer.padding_side!r}")
+batch = tokenizer([llm.chat_text(tokenizer, "Hi!"), llm.chat_text(tokenizer, question)], padding=True,
+                  add_special_tokens=False, return_tensors="pt")
+print("attention mask of a batch of two prompts:")
+print(batch["attention_mask"][:, :12], "...")
+assert tokenizer.padding_side == "left" and batch["attention_mask"][:, -1].all()"""),
+("md", """## 2. A task scored exactly: support tickets to JSON
+
+A customer writes to support; the answer routes the ticket. The model must reply with one JSON object naming the
+**team** (billing, technical, shipping, account), the **product** (one of six) and the customer's **sentiment**.
+`peft_teach.tickets` generates the tickets from a seed, as the course's reviews are generated. Two things make
+the task worth fine-tuning:
+
+- the team follows from the *problem* ("charged twice" → billing), never from the team's name;
+- about half the tickets name the product only by a model code ("my NX-40"), and which code belongs to which
+  product can only be learned from examples.
+
+Generation makes scoring stricter than classification: an answer counts only if it **parses** as JSON and each
+field matches exactly."""),
+("code", """data = tickets.load_tickets()
+print({split: len(rows) for split, rows in data.items()})
+for row in data["test"].select(range(3)):
+    print(f"- {row['text']}\\n  -> {row['answer']}")
+print()
+print("the user message of the first test ticket:")
+print(data["test"][0]["prompt"])"""),
+("code", """examples = ['{"team": "billing", "product": "router", "sentiment": "negative"}',    # all right
+            'Sure! {"team": "billing", "product": "camera", "sentiment": "negative"}',  # product wrong
+            '{"team": billing}']                                                       # does not parse
+references = [{"team": "billing", "product": "router", "sentiment": "negative"}] * 3
+print({name: round(value, 3) for name, value in tickets.score_answers(examples, references).items()})"""),
+("md", """## 3. Prompting first: zero-shot and few-shot
+
+Before training anything, a practitioner asks the model. **Zero-shot**: the instruction and the ticket, nothing
+else. **Few-shot** (in-context learning, Brown et al., 2020): the same conversation preceded by solved tickets
+from the training split, as earlier user/assistant turns. We score zero-shot live on the first 48 test tickets;
+the full test split (200 tickets) and few-shot were run by the precompute job with the same code."""),
+("code", """N_LIVE = llm_experiments.LIVE["test_examples"]
+live_test = data["test"].select(range(N_LIVE))
+zero_live = llm_experiments.answer_and_score(model, tokenizer, live_test)
+stored = precomputed.load("llm_tickets")["runs"]
+zero_stored = stored["zero_shot"]["test"]
+for answer in zero_live["answers"][:3]:
+    print(repr(answer))"""),
+("code", """# NBVAL_IGNORE_OUTPUT
+def score_line(name, scores):
+    fields = "  ".join(f"{field} {scores[field]:.3f}" for field in ("parse_rate", *tickets.FIELDS, "all_fields"))
+    return f"{name:<34} {fields}"
+
+
+print(score_line(f"zero-shot, live ({N_LIVE} tickets)", zero_live["scores"]))
+same = sum(a == b for a, b in zip(zero_live["answers"], zero_stored["answers"][:N_LIVE]))
+print(f"live zero-shot answers identical to the stored run's: {same} of {N_LIVE}")"""),
+("code", """expect_close("zero-shot parse rate, live vs stored", zero_live["scores"]["parse_rate"],
+             tickets.score_answers(zero_stored["answers"][:N_LIVE], live_test)["parse_rate"], tol=0.07)"""),
+("code", """few_shot = stored[f"few_shot_k{llm_experiments.FEW_SHOT}"]["test"]
+print(score_line("zero-shot (stored, 200 tickets)", zero_stored["scores"]))
+print(score_line(f"{llm_experiments.FEW_SHOT}-shot (stored, 200 tickets)", few_shot["scores"]))
+shots = tickets.few_shot_examples(data, llm_experiments.FEW_SHOT)
+lengths = {k: len(tokenizer(llm.chat_text(tokenizer, data["test"][0]["prompt"], shots[:k]))["input_ids"])
+           for k in (0, llm_experiments.FEW_SHOT)}
+print(f"prompt length in tokens: zero-shot {lengths[0]}, {llm_experiments.FEW_SHOT}-shot {lengths[llm_experiments.FEW_SHOT]}")
+print("a few-shot answer:", repr(few_shot["answers"][0]))"""),
+("md", """**Reading.** Zero-shot, the 135M-parameter model mostly does not even produce the format: it chats, or echoes
+the key names. Three solved examples teach it the format (every answer parses) but hardly the content: the
+fields sit near chance (1/4 for the team, 1/6 for the product, 1/3 for the sentiment). The few-shot prompt is
+also about four times longer, which every request pays for. A larger model would do better with prompting alone;
+a small model that must run cheaply is exactly where PEFT earns its place."""),
+("md", """## 4. The training batch: loss on the answer only
+
+A causal LM is trained to predict each next token. For a task we want it to learn to **write the answer**, not to
+reproduce the ticket or the template. So the labels copy the input ids on the answer tokens (and the closing
+`<|im_end|>`), and are `-100` everywhere else: PyTorch's cross-entropy ignores that value. `llm.collate_lm` builds
+such a batch, padded on the left like a generation batch."""),
+("code", """batch = llm.collate_lm(tokenizer, [data["train"][0], data["train"][1]])
+print({key: tuple(value.shape) for key, value in batch.items()})
+row = 1 if (batch["attention_mask"][1] == 0).any() else 0
+print(f"row {row}: {int((batch['attention_mask'][row] == 0).sum())} padding tokens on the left, "
+      f"{int((batch['labels'][row] != -100).sum())} tokens with a label")
+print("what the loss sees:", repr(tokenizer.decode(batch["input_ids"][0][batch["labels"][0] != -100])))
+assert tokenizer.decode(batch["input_ids"][0][batch["labels"][0] != -100]) == data["train"][0]["answer"] + "<|im_end|>\""""),
+("md", """The logits at position *t* predict the token at *t* + 1, so the loss compares logits `[:, :-1]` with labels
+`[:, 1:]`. Because left padding puts every answer at the end of its row, only the last few positions carry a
+label: `llm.answer_loss` asks the model for those positions' logits alone (`logits_to_keep`). The 49,152-way output
+layer is the single largest matrix product of this model, so skipping it for the prompt roughly halves a training
+step on a CPU. The result must equal the plain loss over all positions:"""),
+("code", """with torch.no_grad():  # positions skip the left padding, as generate numbers them (llm.position_ids)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=llm.position_ids(batch["attention_mask"])).logits
+    full_loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
+                                            ignore_index=-100)
+    fast_loss = llm.answer_loss(model, batch)
+compare("loss: answer positions only", fast_loss, full_loss, atol=1e-5)
+print(f"loss of the untrained model on these answers: {full_loss.item():.2f}")"""),
+("md", """## 5. Write LoRA into the LLM yourself
+
+The layer is lesson 05's, h = W0 x + (α/r) B A x, with B = 0 at the start. What changes on an LLM is where it
+goes and what it costs. SmolLM2 uses **grouped-query attention**: 9 query heads share 3 key/value heads, so `q_proj`
+maps 576 → 576 but `v_proj` maps 576 → 192. LoRA's r (d_in + d_out) per matrix follows the shapes.
+
+Write the layer and the function that puts it into every chosen projection of the model."""),
+("code", """class MyLoRALinear(nn.Module):
+    \"\"\"A frozen linear layer plus (alpha / r) * B @ A, with B = 0 at the start.\"\"\"
+
+    def __init__(self, base_layer: nn.Linear, r: int, alpha: float, generator: torch.Generator):
+        super().__init__()
+        self.base_layer = base_layer.requires_grad_(False)
+        self.scaling = alpha / r
+        self.lora_A = nn.Parameter(torch.empty(r, base_layer.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, r))
+        nn.init.kaiming_uniform_(self.lora_A, a=5**0.5, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) + self.scaling * (x @ self.lora_A.T @ self.lora_B.T)
+
+
+def add_my_lora(model: nn.Module, targets: tuple[str, ...], r: int = 8, alpha: float = 16, seed: int = 0) -> dict:
+    \"\"\"Freeze the model; wrap every linear layer named in ``targets``; return the new layers by name.\"\"\"
+    model.requires_grad_(False)
+    generator = torch.Generator().manual_seed(seed)
+    added = {}
+    for name, layer in find_modules(model, targets, module_type=nn.Linear).items():  # model order
+        added[name] = MyLoRALinear(layer, r, alpha, generator)
+        replace_module(model, name, added[name])
+    return added"""),
+("code", """base_model = copy.deepcopy(model)  # untouched, for the checks below and for peft in section 6
+with torch.no_grad():
+    base_logits = model(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
+
+mine = add_my_lora(model, ("q_proj", "v_proj"))
+trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+q, v = model.model.layers[0].self_attn.q_proj, model.model.layers[0].self_attn.v_proj
+per_layer = 8 * (q.base_layer.in_features + q.base_layer.out_features) + 8 * (v.base_layer.in_features + v.base_layer.out_features)
+print(f"LoRA layers: {len(mine)}; trainable parameters {trainable:,} = 30 layers x {per_layer:,} "
+      f"({100 * trainable / count_parameters(base_model):.2f} % of the model)")
+assert trainable == 30 * per_layer == lora.lora_parameter_count(base_model, ("q_proj", "v_proj"), r=8)
+with torch.no_grad():
+    compare("B = 0: LoRA model vs base", model(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits,
+            base_logits, atol=0)"""),
+("md", """B = 0 makes the model exactly the base model, which proves little about the update itself. So give B random
+values, build the *package's* LoRA on a copy of the base model with the same A and B, and compare the two on a
+real batch: the logits, and the gradients of the loss with respect to every A and B. Gradients catch what outputs
+cannot, such as a `.detach()` that would keep the layer from ever training."""),
+("code", """reference = copy.deepcopy(base_model)
+theirs = lora.add_lora(reference, ("q_proj", "v_proj"), r=8, alpha=16)
+generator = torch.Generator().manual_seed(1)
+with torch.no_grad():
+    for name, layer in mine.items():
+        layer.lora_B.copy_(0.01 * torch.randn(layer.lora_B.shape, generator=generator))
+        theirs[name].lora_A.copy_(layer.lora_A)
+        theirs[name].lora_B.copy_(layer.lora_B)
+
+losses = {}
+for label, candidate in (("mine", model), ("package", reference)):
+    candidate.zero_grad()
+    losses[label] = llm.answer_loss(candidate, batch)
+    losses[label].backward()
+compare("loss", losses["mine"].detach(), losses["package"].detach(), atol=1e-5)
+for matrix in ("lora_A", "lora_B"):
+    compare(f"gradients of every {matrix}", torch.cat([getattr(m, matrix).grad.flatten() for m in mine.values()]),
+            torch.cat([getattr(theirs[n], matrix).grad.flatten() for n in mine]), atol=1e-6)"""),
+("md", """## 6. Train it, score it, merge it, check it against `peft`
+
+From here on we use the package's `add_lora`, which is what you just wrote plus the verbs (save, load, merge,
+remove). The live run trains LoRA (r = 8 on q and v) for 30 steps of 8 tickets with `llm.train_lm`: the course's
+loop (AdamW, linear warm-up and decay, seeded order) around `answer_loss`. The precompute job ran exactly this
+configuration; we check that the live run reproduces it."""),
+("code", """model = copy.deepcopy(base_model)
+del reference
+live = llm_experiments.LIVE
+lora.add_lora(model, ("q_proj", "v_proj"), r=8, alpha=16, seed=live["seed"])
+history = llm.train_lm(model, tokenizer, data["train"], steps=live["steps"], lr=live["lr"],
+                       batch_size=live["batch_size"], seed=live["seed"])
+after = llm_experiments.answer_and_score(model, tokenizer, live_test)
+stored_live = stored["live"]
+print(f"trained {live['steps']} steps at lr {live['lr']:g}; {history.trainable_parameters:,} trainable parameters")"""),
+("code", """# NBVAL_IGNORE_OUTPUT
+print(f"one step: {history.seconds_per_step:.1f} s on this machine")
+print(score_line(f"zero-shot, live ({N_LIVE} tickets)", zero_live["scores"]))
+print(score_line(f"LoRA {live['steps']} steps, live", after["scores"]))
+print(score_line(f"LoRA {live['steps']} steps, stored run", stored_live["test"]["scores"]))"""),
+("code", """fig, ax = plt.subplots(figsize=(6, 3))
+ax.plot(range(1, len(history.train_loss) + 1), history.train_loss, label="live run")
+ax.plot(range(1, len(stored_live["train_loss"]) + 1), stored_live["train_loss"], linestyle="--", label="stored run")
+ax.set_xlabel("step (8 tickets)")
+ax.set_ylabel("loss on the answer tokens")
+ax.set_title("LoRA on SmolLM2, live")
+ax.legend()
+plt.show()
+for field in ("all_fields", "team", "product", "sentiment"):
+    expect_close(f"live LoRA, {field}", after["scores"][field], stored_live["test"]["scores"][field], tol=0.07)
+expect_close("live LoRA, last loss", history.train_loss[-1], stored_live["train_loss"][-1], tol=0.05)"""),
+("md", """**Merging for serving.** `merge_lora` folds (α/r) BA into the frozen weights: the served model has the base
+model's shape and speed. Greedy decoding must then write the same tokens. The logits are not bit-identical:
+W0 x + (α/r) BAx and (W0 + (α/r) BA) x round differently, and 30 layers compound it, so we compare them at a
+tolerance of 10⁻³ on logits whose size is in the tens."""),
+("code", """some = data["test"].select(range(8))["prompt"]
+inputs = tokenizer([llm.chat_text(tokenizer, p) for p in some], padding=True, add_special_tokens=False,
+                   return_tensors="pt")
+with torch.no_grad():
+    unmerged_logits = model(**inputs).logits
+unmerged = llm.generate(model, tokenizer, some, max_new_tokens=llm_experiments.MAX_NEW_TOKENS)
+lora.merge_lora(model)
+with torch.no_grad():
+    compare("merged vs unmerged logits", model(**inputs).logits, unmerged_logits, atol=1e-3)
+merged = llm.generate(model, tokenizer, some, max_new_tokens=llm_experiments.MAX_NEW_TOKENS)
+print(f"identical greedy answers: {sum(a == b for a, b in zip(merged, unmerged))} of {len(some)}")
+assert merged == unmerged
+_ = lora.unmerge_lora(model)"""),
+("md", """**The same weights in `peft`.** `peft` is what you would use in production. Give its LoRA our trained A and B
+(on an untouched copy of the base model) and it must compute the same function: the same logits, the same answers."""),
+("code", """from peft import LoraConfig, get_peft_model
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # peft's notes about transformers 5 attributes; harmless here
+    peft_model = get_peft_model(copy.deepcopy(base_model), LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                                                      target_modules=["q_proj", "v_proj"]))
+with torch.no_grad():
+    for name, layer in lora.lora_layers(model).items():
+        peft_layer = peft_model.base_model.model.get_submodule(name)
+        peft_layer.lora_A["default"].weight.copy_(layer.lora_A)
+        peft_layer.lora_B["default"].weight.copy_(layer.lora_B)
+    compare("peft vs ours: logits", peft_model(**inputs).logits, unmerged_logits, atol=1e-5)
+peft_answers = llm.generate(peft_model, tokenizer, some, max_new_tokens=llm_experiments.MAX_NEW_TOKENS)
+print(f"identical greedy answers, peft vs ours: {sum(a == b for a, b in zip(peft_answers, unmerged))} of {len(some)}")
+assert peft_answers == unmerged
+del peft_model"""),
+("md", """## 7. The comparison under one recipe (stored)
+
+Thirty steps are a demonstration, not a budget. The precompute job trained each method under one recipe: the same
+600 training tickets, batch 8, 100 steps, greedy decoding, and the full test split; each method's learning rate was
+picked from a two-rate grid on the validation split (seed 0), then seeds 1 and 2 ran at that rate. The table reads
+the stored runs; a method whose runs are not all stored yet says so."""),
+("code", """def method_rows(stored_runs):
+    \"\"\"Per method: the chosen rate and the test scores of its seeds at that rate (None until all are stored).\"\"\"
+    rows = {}
+    for method, spec in llm_experiments.METHODS.items():
+        grid = {lr: stored_runs.get(f"{method}|lr={lr:g}|seed=0") for lr in spec.lr_grid}
+        if any(run is None for run in grid.values()):
+            rows[method] = None
+            continue
+        chosen = max(sorted(grid), key=lambda lr: grid[lr]["validation"])
+        seeds = [stored_runs.get(f"{method}|lr={chosen:g}|seed={seed}") for seed in llm_experiments.SEEDS]
+        rows[method] = None if None in seeds else {"lr": chosen, "runs": seeds}
+    return rows
+
+
+def mean_std(values):
+    values = torch.tensor(values, dtype=torch.float64)
+    return values.mean().item(), values.std().item()  # sample standard deviation (n - 1)
+
+
+rows = method_rows(stored)
+print(f"{'method':<20} {'params':>9} {'lr':>6}  " + "  ".join(f"{f:>13}" for f in ("parse", *tickets.FIELDS, "all fields")))
+for label, result in (("zero-shot", zero_stored), (f"{llm_experiments.FEW_SHOT}-shot", few_shot)):
+    print(f"{label:<20} {0:>9} {'-':>6}  " + "  ".join(f"{result['scores'][f]:>13.3f}"
+                                                     for f in ("parse_rate", *tickets.FIELDS, "all_fields")))
+for method, row in rows.items():
+    label = llm_experiments.METHODS[method].label
+    if row is None:
+        print(f"{label:<20} not yet stored (python scripts/precompute.py llm_tickets)")
+        continue
+    cells = []
+    for field in ("parse_rate", *tickets.FIELDS, "all_fields"):
+        mean, std = mean_std([run["test"]["scores"][field] for run in row["runs"]])
+        cells.append(f"{mean:.3f} ± {std:.3f}")
+    params = row["runs"][0]["trainable_parameters"]
+    print(f"{label:<20} {params:>9,} {row['lr']:>6g}  " + "  ".join(f"{c:>13}" for c in cells))"""),
+("md", """Every number above is a mean over three seeds with its sample standard deviation, except prompting, which has
+no seed. A difference between two rows is only worth reading with its uncertainty, which here has two sources: the
+seeds, and the 200 test tickets, a sample of all the tickets we could have drawn. `llm_experiments.difference_interval`
+resamples both (a seed of each side, and the same tickets for both sides, drawn with replacement) and reports a 95 %
+interval for the difference of all-fields scores. An interval that contains 0 means "not separable here"."""),
+("code", """print("all three fields right: method minus 3-shot prompting, 95 % interval over seeds and test tickets")
+for method, row in rows.items():
+    if row is None:
+        continue
+    difference, lower, upper = llm_experiments.difference_interval(
+        [run["test"]["answers"] for run in row["runs"]], [few_shot["answers"]], data["test"])
+    verdict = "separable" if lower > 0 or upper < 0 else "not separable here"
+    print(f"  {llm_experiments.METHODS[method].label:<20} {difference:+.3f}  [{lower:+.3f}, {upper:+.3f}]  {verdict}")"""),
+("md", """READING_PLACEHOLDER"""),
+("md", """## 8. Every method of the course on the LLM
+
+The methods of lessons 01–05 attach to the LLM with the same verbs they use on the encoder. What changes:
+
+- **Soft prompt** (Lester et al., 2021): l vectors in front of the embedded input, l · d parameters. Inside
+  `generate` the prompt enters once, in the first forward; every later step sees it through the key/value cache.
+- **Prefix tuning** (Li & Liang, 2021): l keys and values in every layer's attention. With grouped-query
+  attention there is one prefix per *key/value head*: 2 · L · l · n_kv · d_head = 2 · 30 · l · 3 · 64, a third of
+  the 2 · L · l · d a model without grouped queries would need.
+- **Bottleneck adapters** (Houlsby et al., 2019): a small MLP after the feed-forward block of each layer (Pfeiffer
+  placement), 2md + m + d per layer. Several adapters sit on one frozen model and are switched per request.
+
+Each one starts as a function of the base model (the adapter and LoRA *exactly*), generates through the usual
+`generate`, and leaves the base model bit for bit when removed."""),
+("code", """probe = {k: inputs[k] for k in ("input_ids", "attention_mask")}
+with torch.no_grad():
+    base_probe = base_model(**probe).logits
+L, n_kv, d_head, d = config.num_hidden_layers, config.num_key_value_heads, config.head_dim, config.hidden_size
+
+candidate = copy.deepcopy(base_model)
+prompts.add_soft_prompt(candidate, length=20, init="text", text=tickets.INSTRUCTION, tokenizer=tokenizer)
+print(f"soft prompt l=20: {prompts.soft_prompt_parameters(candidate):,} parameters = 20 x {d}")
+assert prompts.soft_prompt_parameters(candidate) == 20 * d
+assert isinstance(llm.generate(candidate, tokenizer, some[:1], max_new_tokens=12)[0], str)
+print("  generate runs with it (the prompt enters once, then the cache holds it)")
+prompts.remove_soft_prompt(candidate)
+with torch.no_grad():
+    compare("  removed: vs base model", candidate(**probe).logits, base_probe, atol=0)
+
+prefix.add_prefix(candidate, length=10)
+print(f"prefix l=10: {prefix.prefix_parameters(candidate):,} parameters = 2 x {L} x 10 x {n_kv} x {d_head} "
+      f"(without grouped queries: {2 * L * 10 * d:,})")
+assert prefix.prefix_parameters(candidate) == 2 * L * 10 * n_kv * d_head
+assert isinstance(llm.generate(candidate, tokenizer, some[:1], max_new_tokens=12)[0], str)
+print("  generate runs with it (the prefix joins every attention call, cached or not)")
+prefix.remove_prefix(candidate)
+with torch.no_grad():
+    compare("  removed: vs base model", candidate(**probe).logits, base_probe, atol=0)"""),
+("code", """for task in ("tickets", "summaries"):
+    adapters.add_adapter(candidate, task, adapters.AdapterConfig(placement="pfeiffer", reduction_factor=16))
+m = d // 16
+print(f"two Pfeiffer adapters (m = {m}): {adapters.adapter_parameters(candidate, 'tickets'):,} parameters each = "
+      f"{L} x (2 x {m} x {d} + {m} + {d})")
+assert adapters.adapter_parameters(candidate, "tickets") == L * (2 * m * d + m + d)
+for task in ("tickets", "summaries", None):  # switched per request; None runs the base model
+    adapters.set_active(candidate, task)
+    with torch.no_grad():
+        compare(f"  active {task!s:<9} vs base (init)", candidate(**probe).logits, base_probe, atol=0)
+for task in ("tickets", "summaries"):
+    adapters.remove_adapter(candidate, task)
+del candidate"""),
+("md", """## 9. What training an LLM costs in memory
+
+Lesson 06 counted the bytes of one training step on the encoder. On the LLM the same count shows where the memory
+goes: the frozen weights are fixed, LoRA's gradients and AdamW state are tiny, and the **activations** that
+autograd keeps for the backward pass grow with batch size × sequence length × layers. Counted exactly for the
+LoRA model on one batch of 8 tickets:"""),
+("code", """train_batch = next(iter(llm.make_lm_loader(data["train"], tokenizer, batch_size=8)))
+counted = training_memory(model, {k: train_batch[k] for k in ("input_ids", "attention_mask")})
+full_ft_states = 3 * counted["weights"]  # a gradient and AdamW's two moments for every parameter
+print(f"one batch: 8 tickets x {train_batch['input_ids'].shape[1]} tokens")
+for part, nbytes in counted.items():
+    print(f"  {part:<16} {format_mb(nbytes)}")
+print(f"  full fine-tuning would need gradients and AdamW state for every weight instead: {format_mb(full_ft_states)}")
+share = counted["activations"] / sum(counted.values())
+print(f"activations are {'more' if share > 0.5 else 'less'} than half of LoRA's training memory here")
+assert counted["activations"] > 50 * (counted["gradients"] + counted["optimizer_state"])"""),
+("md", """LoRA removes almost all the gradient and optimizer memory of full fine-tuning, but it leaves the activations
+untouched: the backward pass still runs through every layer, since the LoRA matrices sit in all 30 of them. That is
+why "I used LoRA and still ran out of memory" is a common question: the fixes are a smaller batch or shorter
+sequences, activation checkpointing (recompute instead of store), or a method whose trainable parameters sit only
+near the top of the model."""),
+("md", """## Summary
+
+SUMMARY_PLACEHOLDER"""),
+("md", """## Check your understanding
+
+1. Why are the labels -100 on the prompt tokens? What would the model learn if they were not?
+2. A batch for generation is padded on the left. What goes wrong if you pad on the right and call `generate`?
+3. `v_proj` of SmolLM2 maps 576 → 192. Why, and how many LoRA parameters does r = 8 add to it in one layer?
+4. Few-shot prompting made every answer parse but left the fields near chance. What did the examples teach, and
+   what could they not teach?
+5. Merged and unmerged LoRA give logits that differ in the last bits, yet the same greedy answers. When could
+   greedy answers differ after merging?
+6. Your LoRA training runs out of memory at batch 32. Which of the four counted parts would you attack first, and how?"""),
+("md", """## Further reading
+
+- L. B. Allal et al., *SmolLM2: When Smol Goes Big — Data-Centric Training of a Small Language Model*, 2025 (arXiv 2502.02737).
+- E. Hu et al., *LoRA: Low-Rank Adaptation of Large Language Models*, ICLR 2022 (arXiv 2106.09685).
+- T. Brown et al., *Language Models are Few-Shot Learners*, NeurIPS 2020 (in-context learning).
+- J. Ainslie et al., *GQA: Training Generalized Multi-Query Transformer Models from Multi-Head Checkpoints*, EMNLP 2023.
+- The `peft` documentation on causal language modeling with LoRA and prompt-based methods.
+
+Practice: `exercises/07_peft_on_a_language_model.ipynb` (solved twin in `solutions/`)."""),
+]
+
+
+if __name__ == "__main__":
+    notebook_builder.main(CELLS, LESSON)

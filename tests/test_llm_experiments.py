@@ -1,0 +1,107 @@
+"""Lesson 07's stored comparison: it follows the current recipe, and the store survives a killed job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from peft_teach import llm_experiments as E
+from peft_teach import precomputed, tickets
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_stored_llm_runs_follow_the_current_recipe():
+    stored = precomputed.load("llm_tickets")  # lesson 07 reads it: it must exist
+    recipe = stored["recipe"]
+    assert {key: recipe[key] for key in E.BUDGET} == E.BUDGET
+    assert recipe["lr_grid"] == {m: list(spec.lr_grid) for m, spec in E.METHODS.items()}
+    assert recipe["live"] == E.LIVE and recipe["few_shot"] == E.FEW_SHOT
+    assert recipe["max_new_tokens"] == E.MAX_NEW_TOKENS
+    assert {"zero_shot", "live", f"few_shot_k{E.FEW_SHOT}"} <= set(stored["runs"])
+    for key, run in stored["runs"].items():
+        scores = run["test"]["scores"]
+        assert set(scores) == {"parse_rate", *tickets.FIELDS, "all_fields"}, key
+        assert all(0.0 <= value <= 1.0 for value in scores.values()), key
+        if "|" in key:  # a method's run: lr and seed in the key, the budget's number of losses
+            method, lr, seed = key.split("|")
+            assert method in E.METHODS and float(lr.removeprefix("lr=")) == run["lr"], key
+            assert len(run["train_loss"]) == E.BUDGET["steps"], key
+            assert len(run["test"]["answers"]) == recipe["test_examples"], key
+
+
+def test_the_live_run_is_the_stored_live_configuration():
+    live = precomputed.load("llm_tickets")["runs"]["live"]
+    assert len(live["train_loss"]) == E.LIVE["steps"]
+    assert len(live["test"]["answers"]) == E.LIVE["test_examples"]
+
+
+def test_a_write_cut_short_leaves_the_stored_file_whole(tmp_path, monkeypatch):
+    """A job killed while writing: the half-written text must never replace the complete file."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import precompute
+
+    file = tmp_path / "store.json"
+    precompute.write_atomically(file, json.dumps({"runs": {"a": 1}}))
+
+    def killed_halfway(self, text, *args, **kwargs):
+        Path.write_bytes(self, text[: len(text) // 2].encode())
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(Path, "write_text", killed_halfway)
+    try:
+        precompute.write_atomically(file, json.dumps({"runs": {"a": 1, "b": 2}}))
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.undo()
+    assert json.loads(file.read_text()) == {"runs": {"a": 1}}
+
+
+def test_a_killed_job_resumes_after_its_last_stored_run(tmp_path):
+    """SIGKILL a job that stores a run every few milliseconds; its file is JSON, and a restart goes on from there."""
+    job = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT / "scripts")!r})
+        import precompute
+        from pathlib import Path
+        store = precompute.ResumableStore.__new__(precompute.ResumableStore)
+        store.name, store.file = "demo", Path({str(tmp_path / "demo.json")!r})
+        import json
+        store.stored = json.loads(store.file.read_text()) if store.file.exists() else {{"recipe": {{}}, "runs": {{}}, "machine": {{}}, "seconds": 0}}
+        for i in range(100000):
+            store.get(f"run{{i}}", lambda: {{"test": i, "padding": "x" * 200000}})  # prints "demo: run<i> (0 s)"
+    """)
+    script = tmp_path / "job.py"
+    script.write_text(job)
+    process = subprocess.Popen([sys.executable, "-u", str(script)], stdout=subprocess.PIPE, text=True)
+    for _ in range(30):  # let it store a few runs; each store rewrites a file that grows by 200 kB
+        process.stdout.readline()
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    stored = json.loads((tmp_path / "demo.json").read_text())  # never truncated
+    done = len(stored["runs"])
+    assert done >= 30
+    resumed = subprocess.Popen([sys.executable, "-u", str(script)], stdout=subprocess.PIPE, text=True)
+    first = int(resumed.stdout.readline().split()[1].removeprefix("run"))
+    os.kill(resumed.pid, signal.SIGKILL)
+    resumed.wait()
+    assert first == done  # the restart skips every stored run and goes on with the next one
+
+
+def test_the_difference_interval_is_zero_for_a_method_against_itself_and_covers_seeds():
+    references = tickets.load_tickets(n_train=4, n_validation=4, n_test=40)["test"]
+    right = list(references["answer"])
+    wrong = ['{"team": "x"}'] * 40
+    half = right[:20] + wrong[:20]
+    assert E.difference_interval([half], [half], references) == (0.0, 0.0, 0.0)
+    difference, lower, upper = E.difference_interval([right], [wrong], references)
+    assert (difference, lower, upper) == (1.0, 1.0, 1.0)
+    # two seeds that disagree widen the interval beyond what ticket sampling of one seed gives
+    _, low_one, high_one = E.difference_interval([half], [wrong], references)
+    _, low_two, high_two = E.difference_interval([half, right], [wrong], references)
+    assert low_one < 0.5 < high_one and high_two - low_two > high_one - low_one
