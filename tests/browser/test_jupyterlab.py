@@ -36,8 +36,15 @@ TOKEN = "peft-teach-browser-test"
 webdriver = pytest.importorskip("selenium.webdriver", reason="Selenium is missing: make test-browser installs it")
 # A mark, not a module-level skip: the tests are still collected and reported as skipped, so pytest exits 0
 # (a module-level skip collects nothing, and pytest's "no tests ran" exit code 5 failed `make test-browser`).
-pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+# .ci/run sets PEFT_TEACH_REQUIRE_BROWSER=1: there a missing browser is a failure, never a skip.
+REQUIRED = os.environ.get("PEFT_TEACH_REQUIRE_BROWSER") == "1"
+BROWSER_FOUND = CHROMIUM.exists() and CHROMEDRIVER.exists()
+pytestmark = pytest.mark.skipif(not BROWSER_FOUND and not REQUIRED,
                                 reason="Chromium or ChromeDriver is missing: sudo apt-get install chromium chromium-driver")
+
+
+def test_the_browser_is_installed():
+    assert BROWSER_FOUND, f"{CHROMIUM} or {CHROMEDRIVER} is missing: apt-get update && apt-get install chromium chromium-driver"
 
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
