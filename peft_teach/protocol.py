@@ -150,6 +150,11 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values)
 
 
+def verdict(lower: float, upper: float) -> str:
+    """What an interval for a difference allows us to say: a rank only when it excludes 0."""
+    return "separable" if lower > 0 or upper < 0 else "not separable here"
+
+
 def save_for_task(method: str, model: nn.Module, folder) -> int:
     """Write what one more task costs on disk with ``method``; return the bytes written.
 

@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from peft_teach import llm_experiments as E
 from peft_teach import precomputed, tickets
 
@@ -105,3 +107,34 @@ def test_the_difference_interval_is_zero_for_a_method_against_itself_and_covers_
     _, low_one, high_one = E.difference_interval([half], [wrong], references)
     _, low_two, high_two = E.difference_interval([half, right], [wrong], references)
     assert low_one < 0.5 < high_one and high_two - low_two > high_one - low_one
+
+
+def _fake_run(lr: float, seed: int, validation: float, all_fields: float, losses: list[float]) -> dict:
+    scores = {field: all_fields for field in E.SCORE_FIELDS}
+    return {"lr": lr, "seed": seed, "validation": validation, "train_loss": losses,
+            "trainable_parameters": 7, "test": {"scores": scores, "answers": []}}
+
+
+def test_summarize_picks_the_rate_on_validation_and_averages_that_rates_seeds():
+    grid = E.METHODS["lora"].lr_grid
+    best, other = max(grid), min(grid)
+    runs = {f"lora|lr={other:g}|seed=0": _fake_run(other, 0, 0.2, 0.9, [3.0, 2.0]),  # best test, worse validation
+            f"lora|lr={best:g}|seed=0": _fake_run(best, 0, 0.5, 0.4, [2.0, 1.0]),
+            f"lora|lr={best:g}|seed=1": _fake_run(best, 1, 0.1, 0.6, [2.0, 2.0]),
+            f"lora|lr={best:g}|seed=2": _fake_run(best, 2, 0.1, 0.8, [2.0, 3.0])}
+    summary = E.summarize(runs)
+    row = summary["lora"]
+    assert row["lr"] == best and row["grid"] == {other: 0.2, best: 0.5}
+    assert row["test"]["all_fields"] == pytest.approx((0.6, 0.2))  # mean and sample std of 0.4, 0.6, 0.8
+    assert row["final_loss"] == pytest.approx((2.0, 1.0)) and row["loss_curve"] == pytest.approx([2.0, 2.0])
+    assert summary["prefix"] is None and summary["soft_prompt"] is None  # nothing stored: "not yet"
+    del runs[f"lora|lr={best:g}|seed=2"]
+    assert E.summarize(runs)["lora"] is None  # a seed missing at the chosen rate: not yet either
+
+
+def test_summarize_reads_the_stored_comparison():
+    summary = E.summarize(precomputed.load("llm_tickets")["runs"])
+    for method, row in summary.items():
+        assert row is not None, f"{method}: runs missing; python scripts/precompute.py llm_tickets"
+        assert row["lr"] in row["grid"] and len(row["runs"]) == len(E.SEEDS)
+        assert row["grid"][row["lr"]] == max(row["grid"].values())

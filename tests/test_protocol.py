@@ -190,3 +190,8 @@ def test_convergence_report_flags_the_last_epoch_and_shows_the_slower_trend():
     rising, flat = protocol.format_convergence(summary).splitlines()
     assert "still climbing: yes" in rising and "gain over the last 4 epochs +0.400" in rising
     assert "still climbing: no" in flat and "+0.000" in flat
+
+
+def test_a_verdict_ranks_only_when_the_interval_excludes_zero():
+    assert protocol.verdict(0.01, 0.2) == protocol.verdict(-0.3, -0.02) == "separable"
+    assert protocol.verdict(-0.01, 0.2) == protocol.verdict(0.0, 0.2) == "not separable here"
