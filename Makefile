@@ -79,12 +79,13 @@ precompute: venv
 
 # Ours vs the production twins (peft: LoRA, prompt, prefix; AdapterHub: adapter), merged LoRA vs the base
 # model, and every method vs the base model, each timed interleaved; run on an idle machine. Stores the
-# twin ratios and the method ratios for lesson 06.
+# twin ratios and the method ratios for lesson 06, and the LLM serving costs for lesson 07.
 benchmark: venv adapterhub-env
 	$(OFFLINE) $(BIN)/python scripts/benchmark_lora.py --rounds 7
 	$(OFFLINE) $(BIN)/python scripts/benchmark_twins.py --rounds 7 --store
 	$(OFFLINE) $(BIN)/python scripts/benchmark_methods.py --rounds 7 --store
 	$(OFFLINE) $(AH_BIN)/python tests/adapterhub/benchmark_adapter.py --rounds 7 --store
+	$(OFFLINE) $(BIN)/python scripts/benchmark_llm.py --rounds 5 --store
 
 clean:
 	rm -rf $(VENV) $(AH_VENV) artifacts

@@ -23,7 +23,7 @@ else runs on it, which is why this is a benchmark and not a timed test.
 from __future__ import annotations
 
 import copy
-import statistics
+from collections.abc import Callable
 import warnings
 
 import torch
@@ -31,11 +31,13 @@ from torch import nn
 
 from peft_teach.measure import (
     compare_latency,
+    compare_times,
     compare_train_step,
     cross_entropy_loss,
     format_ms,
     hidden_state_loss,
     latency,
+    ratios,
 )
 from peft_teach.methods.lora import add_lora, lora_layers, merge_lora
 from peft_teach.methods.prefix import add_prefix
@@ -210,16 +212,17 @@ def method_speed(inference: dict[str, dict[str, torch.Tensor]], train_batch: dic
     ``inference`` names the batches to time a forward pass on (e.g. ``{"batch 1": ..., "batch 32": ...}``);
     each is divided by the base model's forward (head-only's model: a linear head adds nothing measurable).
     Training steps are divided by full fine-tuning's step: the base model with every weight trained.
-    All models of one measurement are timed interleaved, in one run.
+    All models of one measurement are timed interleaved, in a shuffled order, in one run; the
+    row ``"control"`` times the reference a second time (its ratio is the run's noise floor).
     """
     models = method_models()
     speed = {}
     for name, batch in inference.items():
-        times = compare_latency(models, _inputs(batch), rounds=rounds, repeats=repeats)
-        speed[name] = {method: seconds / times["head_only"] for method, seconds in times.items()}
+        times = compare_latency(models, _inputs(batch), rounds=rounds, repeats=repeats, control="head_only")
+        speed[name] = ratios(times, "head_only")
     trainable = {name: model for name, model in models.items() if name != "lora_merged"}  # merging is for inference
-    steps = compare_train_step(trainable, train_batch, rounds=rounds, repeats=repeats)
-    speed["train step"] = {method: seconds / steps["full_ft"] for method, seconds in steps.items()}
+    steps = compare_train_step(trainable, train_batch, rounds=rounds, repeats=repeats, control="full_ft")
+    speed["train step"] = ratios(steps, "full_ft")
     return speed
 
 
@@ -241,10 +244,10 @@ def fusion_speed(batch: dict[str, torch.Tensor], max_adapters: int = 4, rounds: 
         fusion.add_fusion(model, names[:n])
         setups[f"fusion N={n}"] = lambda n=n: fusion.set_active_fusion(model, fusion.fusion_name(names[:n]))
     inputs = _inputs(batch)
-    samples: dict[str, list[float]] = {name: [] for name in setups}
-    for _ in range(rounds):  # interleaved: switch, time, switch, time, ...
-        for name, switch in setups.items():
-            switch()
-            samples[name].append(latency(model, inputs, repeats=repeats, warmup=1))
-    base = statistics.median(samples["base"])
-    return {name: statistics.median(times) / base for name, times in samples.items()}
+
+    def timed(switch: Callable[[], object]) -> float:
+        switch()
+        return latency(model, inputs, repeats=repeats, warmup=1)
+
+    tasks = {name: (lambda switch=switch: timed(switch)) for name, switch in setups.items()}
+    return ratios(compare_times(tasks, rounds=rounds, control="base"), "base")

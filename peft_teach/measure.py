@@ -6,6 +6,7 @@ format (``12.3 ms``, ``45.6 MB``) that the notebook tests know to ignore.
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections import defaultdict
@@ -67,47 +68,80 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@torch.no_grad()
-def latency(model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 20, warmup: int = 3) -> float:
-    """Median seconds of one forward pass on ``batch`` (inference mode)."""
-    model.eval()
-    device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+def device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, after ``warmup`` untimed ones."""
     times = []
     for i in range(warmup + repeats):
         _sync(device)
         start = time.perf_counter()
-        model(**batch)
+        fn()
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def compare_latency(models: dict[str, nn.Module], batch: dict[str, torch.Tensor],
-                    rounds: int = 5, repeats: int = 10) -> dict[str, float]:
-    """Median latency of several models, measured interleaved.
+CONTROL = "control"  # the key under which compare_* report their control timing
 
-    Running A, B, A, B, ... instead of all A then all B keeps slow drifts of the
-    machine (another program, CPU clock changes) from favouring one model.
+
+def compare_times(tasks: dict[str, Callable[[], float]], rounds: int = 5, control: str | None = None,
+                  seed: int = 0) -> dict[str, float]:
+    """Run timing tasks interleaved, in a new random order every round; the median per task.
+
+    Each task times one thing and returns seconds. Interleaving (A, B, C, then again) keeps a
+    slow drift of the machine (another program, the CPU's clock) from favouring one task, and
+    shuffling the order each round keeps a *position* effect (the first task after a switch
+    paying for cold caches) from favouring one either. ``control`` names a task to time a
+    second time as if it were another one: its result, under :data:`CONTROL`, divided by the
+    first is the ratio two identical things get on this machine, the noise floor of every
+    other ratio in the table.
     """
+    if control is not None:
+        if control not in tasks:
+            raise ValueError(f"control={control!r} is not one of the timed tasks {sorted(tasks)}; name one of them.")
+        tasks = {**tasks, CONTROL: tasks[control]}
+    order = list(tasks)
+    shuffler = random.Random(seed)
+    samples: dict[str, list[float]] = {name: [] for name in tasks}
+    for _ in range(rounds):
+        shuffler.shuffle(order)
+        for name in order:
+            samples[name].append(tasks[name]())
+    return {name: statistics.median(samples[name]) for name in tasks}
+
+
+@torch.no_grad()
+def latency(model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 20, warmup: int = 3) -> float:
+    """Median seconds of one forward pass on ``batch`` (inference mode)."""
+    model.eval()
+    device = device_of(model)
+    batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    return median_seconds(lambda: model(**batch), device, repeats, warmup)
+
+
+def compare_latency(models: dict[str, nn.Module], batch: dict[str, torch.Tensor], rounds: int = 5,
+                    repeats: int = 10, control: str | None = None, seed: int = 0) -> dict[str, float]:
+    """Median latency of several models, measured interleaved in a shuffled order (see :func:`compare_times`)."""
     for model in models.values():  # one untimed pass each first: the first model timed must not pay
         latency(model, batch, repeats=1, warmup=0)  # the process' one-off costs (thread pools, kernel choice)
-    samples: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            samples[name].append(latency(model, batch, repeats=repeats, warmup=1))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    tasks = {name: (lambda model=model: latency(model, batch, repeats=repeats, warmup=1)) for name, model in models.items()}
+    return compare_times(tasks, rounds=rounds, control=control, seed=seed)
 
 
-def cross_entropy_loss(output, labels: torch.Tensor) -> torch.Tensor:
+def cross_entropy_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The loss of a classifier's logits (what train() uses)."""
-    return nn.functional.cross_entropy(output, labels)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return nn.functional.cross_entropy(model(**inputs), batch["labels"])
 
 
-def hidden_state_loss(output, labels: torch.Tensor) -> torch.Tensor:
+def hidden_state_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """A stand-in loss for a bare backbone (no head): mean square of the last hidden states."""
-    return output.last_hidden_state.float().pow(2).mean()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return model(**inputs).last_hidden_state.float().pow(2).mean()
 
 
 def train_step_time(model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 5,
@@ -115,38 +149,70 @@ def train_step_time(model: nn.Module, batch: dict[str, torch.Tensor], repeats: i
     """Median seconds of forward + backward + optimizer step on ``batch``.
 
     Uses AdamW with learning rate 0, so measuring does not change the weights.
-    ``loss_fn(output, labels)``: cross-entropy for a classifier, :func:`hidden_state_loss`
-    to time a bare backbone.
+    ``loss_fn(model, batch)``: :func:`cross_entropy_loss` for a classifier,
+    :func:`hidden_state_loss` to time a bare backbone, ``llm.answer_loss`` for a causal LM.
     """
-    device = next(model.parameters()).device
+    device = device_of(model)
     batch = {k: v.to(device) for k, v in batch.items()}
-    labels = batch.pop("labels")
     parameters = [p for p in model.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError("train_step_time needs a model with trainable parameters; this one has none "
+                         "(add a method, or time the frozen model's forward with latency()).")
     optimizer = torch.optim.AdamW(parameters, lr=0.0, weight_decay=0.0)
-    model.train()
-    times = []
-    for i in range(repeats + 1):
-        _sync(device)
-        start = time.perf_counter()
-        loss = loss_fn(model(**batch), labels)
-        loss.backward()
+
+    def step() -> None:
+        loss_fn(model, batch).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        _sync(device)
-        if i > 0:  # the first step allocates optimizer state
-            times.append(time.perf_counter() - start)
-    model.eval()
-    return statistics.median(times)
+
+    model.train()
+    try:
+        return median_seconds(step, device, repeats, warmup=1)  # the untimed first step allocates AdamW's state
+    finally:
+        model.eval()
 
 
-def compare_train_step(models: dict[str, nn.Module], batch: dict[str, torch.Tensor],
-                       rounds: int = 5, repeats: int = 3, loss_fn: Callable = cross_entropy_loss) -> dict[str, float]:
-    """Median training-step time of several models, measured interleaved (see compare_latency)."""
-    samples: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            samples[name].append(train_step_time(model, batch, repeats=repeats, loss_fn=loss_fn))
-    return {name: statistics.median(values) for name, values in samples.items()}
+def compare_train_step(models: dict[str, nn.Module], batch: dict[str, torch.Tensor], rounds: int = 5,
+                       repeats: int = 3, loss_fn: Callable = cross_entropy_loss, control: str | None = None,
+                       seed: int = 0) -> dict[str, float]:
+    """Median training-step time of several models, measured interleaved in a shuffled order (see compare_times)."""
+    tasks = {name: (lambda model=model: train_step_time(model, batch, repeats=repeats, loss_fn=loss_fn))
+             for name, model in models.items()}
+    return compare_times(tasks, rounds=rounds, control=control, seed=seed)
+
+
+def ratios(times: dict[str, float], reference: str) -> dict[str, float]:
+    """Every time divided by ``times[reference]``: 1.10 means 10 % slower than the reference."""
+    return {name: seconds / times[reference] for name, seconds in times.items()}
+
+
+def beyond_control(relative: dict[str, float], reference: str) -> dict[str, float]:
+    """The ratios farther from 1 than the control's: the differences one run resolves.
+
+    ``relative`` holds ratios to ``reference`` and the control (the reference timed a second
+    time in the same run, see :func:`compare_times`). Two identical timings landing at
+    ``control`` instead of 1.00 show the run's noise; a method closer to 1 than that
+    cannot be told apart from the reference by this run.
+    """
+    if CONTROL not in relative:
+        raise ValueError(f"No {CONTROL!r} entry among {sorted(relative)}: time the reference twice with "
+                         f"compare_times(..., control={reference!r}) to know the noise.")
+    noise = abs(relative[CONTROL] - 1)
+    return {name: ratio for name, ratio in relative.items()
+            if name not in (reference, CONTROL) and abs(ratio - 1) > noise}
+
+
+def fastest_within_control(relative: dict[str, float], names: list[str]) -> list[str]:
+    """Of ``names``, the fastest and every one within the control's distance of it: a tie this run cannot split.
+
+    ``relative`` is a row of ratios holding the control, as for :func:`beyond_control`.
+    """
+    if CONTROL not in relative:
+        raise ValueError(f"No {CONTROL!r} entry among {sorted(relative)}: time the reference twice "
+                         "(compare_times(..., control=...)) to know the noise.")
+    noise = abs(relative[CONTROL] - 1)
+    best = min(relative[name] for name in names)
+    return [name for name in names if relative[name] - best <= noise]
 
 
 def cuda_peak_memory(fn: Callable[[], object], device: torch.device) -> int:

@@ -13,12 +13,12 @@ Run on an idle machine: timings taken while something else runs are not worth ke
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+import time
 
 from peft_teach.benchmark import design_space_batches, fusion_speed, method_speed
 from peft_teach.models import load_tokenizer
-from peft_teach.precomputed import path
+from peft_teach.precomputed import store
 from peft_teach.train import set_seed
 from precompute import machine_info  # the same machine record as every precomputed run
 
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--store", action="store_true", help="write peft_teach/precomputed/method_speed.json")
     args = parser.parse_args(argv)
 
+    start = time.perf_counter()
     set_seed(0)
     batches = design_space_batches(load_tokenizer())
     speed = method_speed({k: batches[k] for k in ("batch 1", "batch 32")}, batches["train"], rounds=args.rounds)
@@ -38,8 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.store:
         stored = {"results": speed, "rounds": args.rounds,
                   "batch_shapes": {k: list(v["input_ids"].shape) for k, v in batches.items()},
-                  "machine": machine_info()}
-        path("method_speed").write_text(json.dumps(stored, indent=2) + "\n")
+                  "machine": {**machine_info(), "seconds": round(time.perf_counter() - start)}}
+        store("method_speed", stored)
     return speed
 
 

@@ -22,7 +22,7 @@ import torch
 from peft_teach.benchmark import benchmark_twins
 from peft_teach.data import load_task
 from peft_teach.models import load_tokenizer
-from peft_teach.precomputed import path
+from peft_teach.precomputed import path, write_atomically
 from peft_teach.train import make_loader, set_seed
 
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
         stored["peft"] = {"results": results, "batch_shape": list(batch["input_ids"].shape), "rounds": args.rounds,
                           "machine": {"cpu": platform.processor() or platform.machine(),
                                       "threads": torch.get_num_threads(), "torch": torch.__version__}}
-        file.write_text(json.dumps(stored, indent=2) + "\n")
+        write_atomically(file, json.dumps(stored, indent=2) + "\n")
     return results
 
 

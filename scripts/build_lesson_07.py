@@ -26,7 +26,8 @@ CELLS: list[tuple[str, str]] = [
 - write LoRA into the LLM's attention yourself and check it against the package on logits *and* gradients;
 - train it live, score it against prompting, merge it for serving, and check it against `peft` on the same weights;
 - attach the course's other methods to the LLM (soft prompt, prefix, adapters) and read the stored comparison;
-- count what training an LLM costs in memory: the activations dominate.
+- count what training an LLM costs in memory (the activations dominate) and what serving costs: time per token
+  and key/value cache, per method, with a control beside every timing.
 
 **Prerequisites:** lesson 05 (LoRA); lessons 01 and 03 for the other methods in section 8.
 
@@ -44,9 +45,9 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from peft_teach import llm, llm_experiments, precomputed, protocol, tickets
+from peft_teach import llm, llm_experiments, llm_speed, precomputed, protocol, tickets
 from peft_teach.checks import compare, expect_close
-from peft_teach.measure import count_parameters, format_mb, training_memory
+from peft_teach.measure import beyond_control, count_parameters, format_mb, training_memory
 from peft_teach.methods import adapters, lora, prefix, prompts
 from peft_teach.methods.inject import find_modules, replace_module
 from peft_teach.train import enable_determinism, set_seed
@@ -449,6 +450,85 @@ untouched: the backward pass still runs through every layer, since the LoRA matr
 why "I used LoRA and still ran out of memory" is a common question: the fixes are a smaller batch or shorter
 sequences, activation checkpointing (recompute instead of store), or a method whose trainable parameters sit only
 near the top of the model."""),
+("md", """## 10. What serving costs: time per token and the key/value cache
+
+A served model writes one token at a time, and each request keeps a **key/value cache**: for every token read or
+written, one key and one value per layer and key/value head, 2 · L · n_kv · d_head numbers. What each method adds
+to that:
+
+- **LoRA, unmerged**: two thin matrix products beside each adapted projection, for every token. **Merged**: nothing.
+- **Adapter**: a small MLP after every feed-forward block, for every token.
+- **Prefix** (and Prefix-Tuning+): l more keys and values for every query to attend to, in every layer.
+- **Soft prompt**: l more positions to read once; they then sit in the cache of every request.
+
+First the cache, counted tensor by tensor after reading one ticket (`llm_speed.cache_bytes`, stored with the timings
+below). Ours keeps the prefix inside the attention function, one copy for the whole batch; `peft` writes it into
+every sequence's cache."""),
+("code", """speed = precomputed.load("llm_speed")
+cache = speed["results"]["cache_bytes"]
+per_token = 2 * L * n_kv * d_head * 4  # bytes: a key and a value, every layer and key/value head, float32
+ticket_tokens = speed["recipe"]["generation_shapes"]["batch 1"][1]
+print(f"one ticket: {ticket_tokens} tokens x {per_token:,} bytes = {ticket_tokens * per_token:,} bytes of cache")
+for name, nbytes in cache.items():
+    print(f"  {name:<14} {nbytes:>10,}  (+{nbytes - cache['base']:,})")
+assert cache["base"] == ticket_tokens * per_token
+assert cache["soft_prompt"] - cache["base"] == speed["recipe"]["prompt_length"] * per_token
+assert cache["prefix (peft)"] - cache["base"] == llm_speed.prefix_cache_formula(config, speed["recipe"]["prefix_length"])
+assert all(cache[m] == cache["base"] for m in ("lora", "lora_merged", "adapter", "prefix", "prefix_plus"))"""),
+("md", """Every count equals its formula: the soft prompt's 20 positions cost 20 tokens of cache per request, peft's 10-token
+prefix 10 tokens, and the other methods nothing. For a 142-token ticket that is small; for a service holding
+thousands of short requests at once it is memory that the base model would not need.
+
+**Time per token.** `scripts/benchmark_llm.py` timed `generate` writing 16 tokens for every model, as a ratio to the
+base model measured in the same run: the models take turns, in an order shuffled every round, and the base model
+is timed twice. That second base timing is the **control**: two identical runs that land away from 1.00 show the
+noise of the run, and a method closer to 1.00 than the control is not told apart from the base model."""),
+("code", """machine = speed["machine"]
+print(f"stored: {machine['threads']} threads, torch {machine['torch']}, {speed['recipe']['rounds']} shuffled rounds, "
+      f"{speed['recipe']['new_tokens']} new tokens per request")
+generation = {label: {k: v for k, v in row.items() if k != "base tokens/s"}
+              for label, row in speed["results"]["generation"].items()}
+print(f"{'time / base':<14}" + "".join(f"{label:>10}" for label in generation))
+for name in generation["batch 1"]:
+    print(f"{name:<14}" + "".join(f"{row[name]:>10.2f}" for row in generation.values()))
+for label, row in generation.items():
+    slower = beyond_control(row, "base")
+    print(f"{label}: control {row['control']:.2f}; beyond it: {', '.join(sorted(slower)) or 'none'}")"""),
+("code", """fig, ax = plt.subplots(figsize=(7, 3))
+names = [n for n in generation["batch 1"] if n != "base"]
+for offset, (label, row) in zip((-0.2, 0.2), generation.items()):
+    ax.bar([i + offset for i in range(len(names))], [row[n] for n in names], 0.4, label=label)
+ax.axhline(1.0, color="grey", lw=0.8)
+ax.set_ylim(0.9, 1.15)
+ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+ax.set_ylabel("time / base model")
+ax.set_title("writing 16 tokens (stored run, CPU)")
+ax.legend(fontsize=8)
+plt.show()"""),
+("md", """Merged LoRA writes at the base model's speed, as its shape promises: it is the one method the control cannot
+separate from the base model. On this CPU every other method takes 1.02 to 1.07 times the base model's time, beyond
+the control's distance at both batch sizes. These are a few percent of one stored run; they are no reason to pick a
+method, since the accuracies of section 7 differ far more than the serving times. On a GPU, small extra layers cost launch
+time more than arithmetic: Hu et al. (2022, Table 1) report adapter layers adding 20–30 % to a GPT-2 medium forward
+pass at batch 1, the motivation for LoRA's merge. Merge LoRA before serving a single task.
+
+The training step tells the other half: is our code as fast as `peft`'s on the same weights? Stored, per method,
+with its own control (ours timed twice):"""),
+("code", """for method, row in speed["results"]["train_step"].items():
+    verdict = "within" if row["ratio"] <= 1.05 else "ABOVE"
+    print(f"{method:<12} ours / peft {row['ratio']:.2f}   control {row['control_ratio']:.2f}   "
+          f"({verdict} the 1.05 target)")"""),
+("md", """Your machine, now: the trained LoRA of section 6, unmerged and merged, against the base model (2 shuffled rounds,
+one ticket, 8 tokens). Not checked by the tests: timings differ per machine."""),
+("code", """# NBVAL_IGNORE_OUTPUT
+served = copy.deepcopy(model)
+lora.merge_lora(served)
+one_ticket = llm_speed.prompt_batches(tokenizer, data["test"]["prompt"], sizes=(1,))
+live_speed = llm_speed.generation_ratios({"base": base_model, "lora": model, "lora_merged": served}, one_ticket,
+                                         new_tokens=8, rounds=2)
+for name, ratio in live_speed["batch 1"].items():
+    print(f"{name:<14} {ratio:.2f}")
+del served"""),
 ("md", """## Summary
 
 - SmolLM2-135M-Instruct (134,515,008 parameters) loads offline from a 4-bit GGUF file in a pip wheel and is
@@ -466,7 +546,10 @@ near the top of the model."""),
 - Soft prompt, prefix and adapters attach to the LLM with the same verbs and generate through the key/value cache.
   With grouped-query attention a prefix needs a third of the 2 L l d parameters.
 - With LoRA, the activations of one batch dwarf the gradients and optimizer state; LoRA saves optimizer memory,
-  not activation memory."""),
+  not activation memory.
+- Serving: merged LoRA writes at the base model's speed and adds no cache; the other methods cost a few percent per
+  token on a CPU; a soft prompt adds its l positions to every request's cache, and so does `peft`'s prefix (ours
+  keeps it in the attention function). Our training steps match `peft`'s within the 1.05 target."""),
 ("md", """## Check your understanding
 
 1. Why are the labels -100 on the prompt tokens? What would the model learn if they were not?
@@ -476,7 +559,9 @@ near the top of the model."""),
    what could they not teach?
 5. Merged and unmerged LoRA give logits that differ in the last bits, yet the same greedy answers. When could
    greedy answers differ after merging?
-6. Your LoRA training runs out of memory at batch 32. Which of the four counted parts would you attack first, and how?"""),
+6. Your LoRA training runs out of memory at batch 32. Which of the four counted parts would you attack first, and how?
+7. Our prefix adds nothing to the key/value cache and `peft`'s adds 10 tokens per request. What does ours pay instead,
+   and which would you choose for a service that holds thousands of requests at once?"""),
 ("md", """## Further reading
 
 - L. B. Allal et al., *SmolLM2: When Smol Goes Big — Data-Centric Training of a Small Language Model*, 2025 (arXiv 2502.02737).

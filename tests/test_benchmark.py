@@ -10,6 +10,7 @@ import pytest
 
 from peft_teach import protocol
 from peft_teach.benchmark import design_space_batches, fusion_speed, method_speed
+from peft_teach.measure import CONTROL
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,9 @@ def test_method_speed_times_every_method_against_the_base(batches):
     _, small = batches
     speed = method_speed({"tiny": small}, small, rounds=1, repeats=1)
     assert set(speed) == {"tiny", "train step"}
-    assert set(speed["tiny"]) == set(protocol.METHODS) | {"lora_merged"}
-    assert set(speed["train step"]) == set(protocol.METHODS)  # a merged model is not trained
+    # every method, the merged LoRA, and the control: the reference timed a second time
+    assert set(speed["tiny"]) == set(protocol.METHODS) | {"lora_merged", CONTROL}
+    assert set(speed["train step"]) == set(protocol.METHODS) | {CONTROL}  # a merged model is not trained
     assert speed["tiny"]["head_only"] == 1.0 and speed["train step"]["full_ft"] == 1.0  # the references
     assert all(ratio > 0 for ratios in speed.values() for ratio in ratios.values())
 
@@ -37,5 +39,5 @@ def test_method_speed_times_every_method_against_the_base(batches):
 def test_fusion_speed_grows_a_fusion_per_adapter_count(batches):
     _, small = batches
     ratios = fusion_speed(small, max_adapters=2, rounds=1, repeats=1)
-    assert list(ratios) == ["base", "1 adapter", "fusion N=1", "fusion N=2"]
+    assert list(ratios) == ["base", "1 adapter", "fusion N=1", "fusion N=2", CONTROL]
     assert ratios["base"] == 1.0 and all(ratio > 0 for ratio in ratios.values())

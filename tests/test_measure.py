@@ -67,3 +67,39 @@ def test_cuda_peak_memory_sees_a_large_allocation():
 def test_formats():
     assert measure.format_ms(0.01234) == "12.3 ms"
     assert measure.format_mb(3 * 2**20) == "3.0 MB"
+
+
+def test_compare_times_interleaves_shuffles_and_times_the_control_separately():
+    calls = []
+
+    def task(name):
+        def run():
+            calls.append(name)
+            return {"a": 1.0, "b": 2.0, "c": 3.0}[name]
+        return run
+
+    times = measure.compare_times({n: task(n) for n in "abc"}, rounds=6, control="a", seed=0)
+    assert times == {"a": 1.0, "b": 2.0, "c": 3.0, measure.CONTROL: 1.0}
+    rounds = [tuple(calls[i:i + 4]) for i in range(0, len(calls), 4)]
+    assert all(sorted(r) == ["a", "a", "b", "c"] for r in rounds)  # every task (and the control) once per round
+    assert len(set(rounds)) > 1  # the order changes between rounds
+
+
+def test_compare_times_refuses_a_control_that_is_not_timed():
+    with pytest.raises(ValueError, match="control='base' is not one of the timed tasks"):
+        measure.compare_times({"a": lambda: 1.0}, control="base")
+
+
+def test_beyond_control_keeps_only_ratios_farther_from_one_than_the_control():
+    relative = {"base": 1.0, "slow": 1.10, "same": 1.01, "fast": 0.90, measure.CONTROL: 0.97}
+    assert measure.beyond_control(relative, "base") == {"slow": 1.10, "fast": 0.90}
+    with pytest.raises(ValueError, match="control='base'"):
+        measure.beyond_control({"base": 1.0, "slow": 1.1}, "base")
+
+
+def test_fastest_within_control_names_every_method_the_noise_cannot_split():
+    relative = {"base": 1.0, "a": 1.02, "b": 1.04, "c": 1.10, measure.CONTROL: 1.03}
+    assert measure.fastest_within_control(relative, ["a", "b", "c"]) == ["a", "b"]
+    assert measure.fastest_within_control(relative, ["c"]) == ["c"]
+    with pytest.raises(ValueError, match="time the reference twice"):
+        measure.fastest_within_control({"a": 1.0}, ["a"])

@@ -11,6 +11,7 @@ model but has no time left to train it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 FOLDER = Path(__file__).parent
@@ -18,6 +19,22 @@ FOLDER = Path(__file__).parent
 
 def path(name: str) -> Path:
     return FOLDER / f"{name}.json"
+
+
+def write_atomically(file: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``file``, then rename it into place.
+
+    A job killed mid-write leaves the previous complete file (a rename is atomic), never a truncated one.
+    """
+    temporary = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, file)
+
+
+def store(name: str, results: dict) -> Path:
+    """Write ``results`` as the stored ``name`` (atomically; see :func:`write_atomically`)."""
+    write_atomically(path(name), json.dumps(results, indent=2) + "\n")
+    return path(name)
 
 
 def load(name: str) -> dict:

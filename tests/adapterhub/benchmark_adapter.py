@@ -22,7 +22,7 @@ from peft_teach.data import load_task
 from peft_teach.measure import compare_latency, compare_train_step, hidden_state_loss
 from peft_teach.methods import adapters as ours_adapters
 from peft_teach.models import load_base_model, load_tokenizer
-from peft_teach.precomputed import path
+from peft_teach.precomputed import path, write_atomically
 from peft_teach.train import make_loader, set_seed
 
 
@@ -73,7 +73,7 @@ def main() -> None:
                                 "machine": {"cpu": platform.processor() or platform.machine(),
                                             "threads": torch.get_num_threads(), "torch": torch.__version__,
                                             "adapters": adapters.__version__}}
-        file.write_text(json.dumps(stored, indent=2) + "\n")
+        write_atomically(file, json.dumps(stored, indent=2) + "\n")
 
 
 if __name__ == "__main__":
