@@ -24,8 +24,9 @@ from datasets import Dataset, DatasetDict
 from torch import nn
 
 from peft_teach.data import SOURCE_TASKS, label_names, load_task
+from peft_teach.files import write_text_atomically
 from peft_teach.methods import adapters, fusion, lora, prefix, prefix_plus
-from peft_teach.methods.checkpoint import CheckpointError
+from peft_teach.methods.checkpoint import CheckpointError, check_folder
 from peft_teach.models import build_classifier, mean_pool
 from peft_teach.train import evaluate, make_loader, set_seed, steps_per_epoch, train
 
@@ -50,10 +51,17 @@ def adapter_recipe(data: DatasetDict, config: adapters.AdapterConfig | None = No
     }))
 
 
+RECIPE_FILE = "recipe.json"
+
+
 def save_trained_adapter(model: nn.Module, name: str, folder: str | Path, recipe: dict) -> None:
-    """save_adapter plus ``recipe.json``, so train_or_load_adapter can reuse it later."""
-    adapters.save_adapter(model, name, folder)
-    (Path(folder) / "recipe.json").write_text(json.dumps(recipe, indent=2))
+    """save_adapter plus ``recipe.json``, so train_or_load_adapter can reuse it later.
+
+    Like every save it refuses a folder holding files it did not write (the recipe is its own).
+    """
+    check_folder(Path(folder), "adapter", overwrite=False, also_ours=(RECIPE_FILE,))
+    adapters.save_adapter(model, name, folder, overwrite=True)  # the folder was checked just above
+    write_text_atomically(Path(folder) / RECIPE_FILE, json.dumps(recipe, indent=2))
 
 
 def train_or_load_adapter(model: nn.Module, tokenizer, data: DatasetDict, name: str, folder: str | Path,
@@ -71,7 +79,7 @@ def train_or_load_adapter(model: nn.Module, tokenizer, data: DatasetDict, name: 
     folder = Path(folder)
     config = config or adapters.AdapterConfig()
     recipe = adapter_recipe(data, config, **train_kwargs)
-    recipe_file = folder / "recipe.json"
+    recipe_file = folder / RECIPE_FILE
     if recipe_file.exists() and json.loads(recipe_file.read_text()) == recipe:
         try:
             adapters.load_adapter(model, folder, name)

@@ -56,6 +56,19 @@ def saved(save, model, tmp_path, *args):
     return folder
 
 
+def folder_with(tmp_path, **files: str):
+    """A folder already holding the user's own ``files`` (name=text; dots written as __)."""
+    for name, text in files.items():
+        (tmp_path / name.replace("__", ".")).write_text(text)
+    return tmp_path
+
+
+def prefix_model():
+    model = bert()
+    prefix.add_prefix(model, length=2)
+    return model
+
+
 def tiny_task():
     rows = {"text": ["good", "bad", "fine", "awful"], "label": [0, 1, 2, 4]}  # five classes, as `routing`
     split = Dataset.from_dict(rows)
@@ -272,6 +285,19 @@ CASES = {
     "lora: load into another base model": (
         lambda tmp_path: lora.load_lora(bert(hidden=48), saved(lora.save_lora, lora_model(), tmp_path)),
         IncompatibleBaseModelError, "Load it into the base model it was trained on"),
+    # ---------------------------------------------------------------- saving never destroys files
+    "save: into a folder holding the user's config.json": (
+        lambda tmp_path: lora.save_lora(lora_model(), folder_with(tmp_path, config__json="{}")), CheckpointError,
+        "overwrite=True"),
+    "save: into a folder holding another method's checkpoint": (
+        lambda tmp_path: lora.save_lora(lora_model(), saved(prefix.save_prefix, prefix_model(), tmp_path)),
+        CheckpointError, "Save into another folder"),
+    "save: to a path that is a file": (
+        lambda tmp_path: prefix.save_prefix(prefix_model(), folder_with(tmp_path, x__txt="x") / "x.txt"),
+        CheckpointError, "Pass a folder path"),
+    "export_to_peft: into a folder holding the user's files": (
+        lambda tmp_path: lora.export_to_peft(lora_model(), folder_with(tmp_path, notes__md="mine")), CheckpointError,
+        "Export into a new or empty folder"),
     "lora: import a folder that is not a peft adapter": (
         lambda tmp_path: lora.import_from_peft(bert(), tmp_path), CheckpointError, "export_to_peft"),
 }

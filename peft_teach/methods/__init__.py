@@ -23,9 +23,11 @@ The same rules hold for all of them:
   ``lm_head`` is not a new task head and stays frozen. Adapters and
   fusions are named and each gets its own head; ``train_adapter`` / ``train_fusion``
   switch which one is active and trainable.
-* ``save_*(model, [name,] folder)`` writes ``weights.safetensors`` (the method's tensors
-  and the head) and ``config.json`` (the settings and the base model's fingerprint),
-  see :mod:`~peft_teach.methods.checkpoint`. ``load_*(model, folder)`` adds the method
+* ``save_*(model, [name,] folder, overwrite=False)`` writes ``weights.safetensors`` (the
+  method's tensors and the head) and ``config.json`` (the settings and the base model's
+  fingerprint), each replaced atomically, see :mod:`~peft_teach.methods.checkpoint`. It
+  never destroys a file it did not write: a folder holding other files, or another
+  method's checkpoint, is refused with the names found unless ``overwrite=True``. ``load_*(model, folder)`` adds the method
   and loads the tensors; a checkpoint of another base model raises
   :class:`~peft_teach.models.IncompatibleBaseModelError` naming the fields that differ;
   a missing or damaged folder raises :class:`~peft_teach.methods.checkpoint.CheckpointError`.

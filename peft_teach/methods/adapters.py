@@ -376,13 +376,13 @@ def adapter_parameter_count(model: nn.Module, config: AdapterConfig | None = Non
 
 # ---------------------------------------------------------------- save / load
 
-def save_adapter(model: nn.Module, name: str, folder: str | Path) -> Path:
+def save_adapter(model: nn.Module, name: str, folder: str | Path, overwrite: bool = False) -> Path:
     """Write adapter ``name`` and its head to ``folder`` (see peft_teach.methods.checkpoint)."""
     tensors = adapter_state_dict(model, name)  # fails clearly on an unknown name
     heads = getattr(model, "adapter_heads", None)
     head = heads[name] if heads is not None and name in heads else None
     config = {"name": name, **asdict(_configs(model)[name])}
-    return save_checkpoint(folder, "adapter", config, tensors, model, head)
+    return save_checkpoint(folder, "adapter", config, tensors, model, head, overwrite)
 
 
 def load_adapter(model: nn.Module, folder: str | Path, name: str | None = None) -> dict[str, BottleneckAdapter]:

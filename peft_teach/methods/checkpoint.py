@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from peft_teach.files import foreign_files, replace_atomically, write_text_atomically
 from peft_teach.models import base_model_fingerprint, check_same_base
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -31,18 +32,46 @@ class CheckpointError(ValueError):
     """A checkpoint folder is missing, incomplete, corrupt, or holds another method."""
 
 
+def check_folder(folder: Path, method: str, overwrite: bool, also_ours: tuple[str, ...] = ()) -> None:
+    """Refuse to save ``method`` into ``folder`` if that would replace files the save did not write.
+
+    A new or empty folder, or one holding a ``method`` checkpoint (saved again), is fine.
+    Anything else (the user's own files, another method's checkpoint, a config.json that
+    is not ours) needs ``overwrite=True``, which replaces only the two checkpoint files.
+    ``also_ours`` names files a caller writes beside the checkpoint (e.g. a recipe).
+    """
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{folder} is a file, not a folder: a checkpoint is a folder of two files. "
+                              "Pass a folder path.")
+    foreign, saved = foreign_files(folder, (WEIGHTS_FILE, CONFIG_FILE, *also_ours), CONFIG_FILE, "method", method)
+    if overwrite:
+        return
+    if foreign:
+        raise CheckpointError(f"{folder} already holds files that save_{method} did not write: {foreign}. "
+                              f"Save into a new or empty folder, or pass overwrite=True to write {WEIGHTS_FILE} "
+                              f"and {CONFIG_FILE} there anyway (only those two are replaced).")
+    if saved is not None and saved != method:
+        raise CheckpointError(f"{folder} holds a {saved!r} checkpoint; saving {method!r} there would replace it. "
+                              "Save into another folder, or pass overwrite=True to replace it.")
+
+
 def save_checkpoint(folder: str | Path, method: str, config: dict, tensors: dict[str, torch.Tensor],
-                    model: nn.Module, head: nn.Module | None = None) -> Path:
-    """Write ``tensors`` (and ``head``'s, as ``head.*``) and the JSON description into ``folder``."""
+                    model: nn.Module, head: nn.Module | None = None, overwrite: bool = False) -> Path:
+    """Write ``tensors`` (and ``head``'s, as ``head.*``) and the JSON description into ``folder``.
+
+    Each file is replaced atomically, and a folder holding files this save did not write
+    is refused unless ``overwrite=True`` (:func:`check_folder`).
+    """
     folder = Path(folder)
+    check_folder(folder, method, overwrite)
     folder.mkdir(parents=True, exist_ok=True)
     # Names relative to the backbone: a checkpoint from a classifier loads into a bare backbone too.
     state = {name.removeprefix("backbone."): tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
     if head is not None:
         state.update({f"head.{key}": value.detach().cpu().contiguous() for key, value in head.state_dict().items()})
-    save_file(state, str(folder / WEIGHTS_FILE))
+    replace_atomically(folder / WEIGHTS_FILE, lambda temporary: save_file(state, str(temporary)))
     meta = {"method": method, "config": config, "base_model": base_model_fingerprint(model)}
-    (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    write_text_atomically(folder / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     return folder
 
 

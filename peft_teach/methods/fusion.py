@@ -206,7 +206,7 @@ def fusion_parameter_count(model: nn.Module, adapter_names: Sequence[str]) -> in
     return sum(fusion_layer_parameter_count(next(iter(p.adapters.values())).hidden_size) for p in points.values())
 
 
-def save_fusion(model: nn.Module, name: str, folder: str | Path) -> Path:
+def save_fusion(model: nn.Module, name: str, folder: str | Path, overwrite: bool = False) -> Path:
     """Write fusion ``name``'s layers and head (not its adapters: save_adapter those)."""
     check_fusion_name(model, name)
     layers = fusion_layers(model, name)
@@ -214,7 +214,7 @@ def save_fusion(model: nn.Module, name: str, folder: str | Path) -> Path:
                for point_name, point in adapter_layers(model).items() if name in point.fusions
                for key, value in point.fusions[name].state_dict().items()}
     head = model.adapter_heads[name] if hasattr(model, "adapter_heads") and name in model.adapter_heads else None
-    return save_checkpoint(folder, "fusion", {"adapters": layers[0].adapter_names}, tensors, model, head)
+    return save_checkpoint(folder, "fusion", {"adapters": layers[0].adapter_names}, tensors, model, head, overwrite)
 
 
 def load_fusion(model: nn.Module, folder: str | Path) -> dict[str, FusionLayer]:

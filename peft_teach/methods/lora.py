@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from peft_teach.files import foreign_files, replace_atomically, write_text_atomically
 from peft_teach.methods.checkpoint import CheckpointError, load_head, read_checkpoint, save_checkpoint, split_head
 from peft_teach.methods.inject import find_modules, replace_module, train_only
 from peft_teach.models import base_model_fingerprint, check_same_base, get_backbone
@@ -224,10 +225,10 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             for name, layer in layers.items() for matrix in ("lora_A", "lora_B")}
 
 
-def save_lora(model: nn.Module, folder: str | Path) -> Path:
+def save_lora(model: nn.Module, folder: str | Path, overwrite: bool = False) -> Path:
     """Write every A and B and the head to ``folder`` (see peft_teach.methods.checkpoint)."""
     return save_checkpoint(folder, "lora", lora_config(model), lora_state_dict(model), model,
-                           getattr(model, "head", None))
+                           getattr(model, "head", None), overwrite)
 
 
 def load_lora(model: nn.Module, folder: str | Path) -> dict[str, LoRALinear]:
@@ -268,14 +269,27 @@ def _copy_matrices(added: dict[str, LoRALinear], tensors: dict[str, torch.Tensor
 PEFT_PREFIX = "base_model.model."
 
 
-def export_to_peft(model: nn.Module, directory: str | Path) -> Path:
-    """Write ``model``'s LoRA in peft's format (+ our head beside it) into ``directory``."""
+PEFT_FILES = ("adapter_model.safetensors", "adapter_config.json", HEAD_FILE)
+
+
+def export_to_peft(model: nn.Module, directory: str | Path, overwrite: bool = False) -> Path:
+    """Write ``model``'s LoRA in peft's format (+ our head beside it) into ``directory``.
+
+    Like every save, it refuses a folder holding files it would not write (or a peft
+    adapter of another type) unless ``overwrite=True``; each file is replaced atomically.
+    """
     directory = Path(directory)
+    foreign, saved = foreign_files(directory, PEFT_FILES, "adapter_config.json", "peft_type", "LORA")
+    if not overwrite and (foreign or saved not in (None, "LORA")):
+        raise CheckpointError(f"{directory} already holds files export_to_peft did not write: "
+                              f"{foreign or ['a ' + str(saved) + ' adapter']}. Export into a new or empty folder, "
+                              f"or pass overwrite=True to write {list(PEFT_FILES)} there anyway.")
     directory.mkdir(parents=True, exist_ok=True)
     config = lora_config(model)
     tensors = {f"{PEFT_PREFIX}{name}.weight": tensor.contiguous()  # "...query.lora_A" -> "...query.lora_A.weight"
                for name, tensor in lora_state_dict(model).items()}
-    save_file(tensors, str(directory / "adapter_model.safetensors"), metadata={"format": "pt"})
+    replace_atomically(directory / "adapter_model.safetensors",
+                       lambda temporary: save_file(tensors, str(temporary), metadata={"format": "pt"}))
     backbone = get_backbone(model)
     targets = config["targets"]
     peft_config = {
@@ -294,12 +308,13 @@ def export_to_peft(model: nn.Module, directory: str | Path) -> Path:
         "modules_to_save": None,
         "inference_mode": True,
     }
-    (directory / "adapter_config.json").write_text(json.dumps(peft_config, indent=2) + "\n")
+    write_text_atomically(directory / "adapter_config.json", json.dumps(peft_config, indent=2) + "\n")
     head = getattr(model, "head", None)
     if isinstance(head, nn.Module):
         info = {"base_model": base_model_fingerprint(model)}
-        save_file({f"head.{k}": v.contiguous() for k, v in head.state_dict().items()}, str(directory / HEAD_FILE),
-                  metadata={HEAD_KEY: json.dumps(info)})
+        head_tensors = {f"head.{k}": v.contiguous() for k, v in head.state_dict().items()}
+        replace_atomically(directory / HEAD_FILE, lambda temporary: save_file(
+            head_tensors, str(temporary), metadata={HEAD_KEY: json.dumps(info)}))
     return directory
 
 

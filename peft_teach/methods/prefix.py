@@ -285,12 +285,12 @@ def prefix_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in _prefix_of(model).parameters())
 
 
-def save_prefix(model: nn.Module, folder: str | Path) -> Path:
+def save_prefix(model: nn.Module, folder: str | Path, overwrite: bool = False) -> Path:
     """Write the prefix (folded or not) and the head to ``folder``."""
     prefix = _prefix_of(model)
     config = {"length": prefix.length, "reparameterize": prefix.reparameterized, "mlp_hidden": prefix.mlp_hidden}
     tensors = {f"prefix.{key}": value for key, value in prefix.state_dict().items()}
-    return save_checkpoint(folder, "prefix", config, tensors, model, getattr(model, "head", None))
+    return save_checkpoint(folder, "prefix", config, tensors, model, getattr(model, "head", None), overwrite)
 
 
 def load_prefix(model: nn.Module, folder: str | Path) -> dict[str, PrefixEncoder]:

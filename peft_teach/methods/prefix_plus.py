@@ -161,11 +161,11 @@ def prefix_plus_parameters(model: nn.Module) -> int:
     return _memory_of(model).memory.numel()
 
 
-def save_prefix_plus(model: nn.Module, folder: str | Path) -> Path:
+def save_prefix_plus(model: nn.Module, folder: str | Path, overwrite: bool = False) -> Path:
     """Write M and the head to ``folder``."""
     memory = _memory_of(model)
     return save_checkpoint(folder, "prefix_plus", {"phi": memory.phi}, {"prefix_memory.memory": memory.memory},
-                           model, getattr(model, "head", None))
+                           model, getattr(model, "head", None), overwrite)
 
 
 def load_prefix_plus(model: nn.Module, folder: str | Path) -> dict[str, PrefixMemory]:

@@ -226,12 +226,12 @@ def soft_prompt_parameter_count(model: nn.Module, length: int) -> int:
     return length * get_backbone(model).config.hidden_size
 
 
-def save_soft_prompt(model: nn.Module, folder: str | Path) -> Path:
+def save_soft_prompt(model: nn.Module, folder: str | Path, overwrite: bool = False) -> Path:
     """Write the prompt and the head to ``folder``."""
     prompt = _prompt_of(model)
     config = {"length": prompt.length, "init": prompt.init}
     return save_checkpoint(folder, "soft_prompt", config, {"soft_prompt.weight": prompt.weight}, model,
-                           getattr(model, "head", None))
+                           getattr(model, "head", None), overwrite)
 
 
 def load_soft_prompt(model: nn.Module, folder: str | Path) -> dict[str, SoftPrompt]:

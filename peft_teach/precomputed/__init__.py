@@ -11,24 +11,15 @@ model but has no time left to train it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from peft_teach.files import write_text_atomically as write_atomically  # the scripts store with it
 
 FOLDER = Path(__file__).parent
 
 
 def path(name: str) -> Path:
     return FOLDER / f"{name}.json"
-
-
-def write_atomically(file: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``file``, then rename it into place.
-
-    A job killed mid-write leaves the previous complete file (a rename is atomic), never a truncated one.
-    """
-    temporary = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, file)
 
 
 def store(name: str, results: dict) -> Path:
