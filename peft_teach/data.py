@@ -355,19 +355,55 @@ def load_tsv_task(folder: str | Path, labels: tuple[str, ...] = ("negative", "po
     """A task stored as ``train.tsv`` / ``validation.tsv`` / ``test.tsv`` (header ``label<TAB>sentence``).
 
     This is how ``scripts/precompute.py`` reads the SST-2 sample offline; the result has
-    the same columns as :func:`load_glue`, so a learner online gets the same format.
+    the same columns as :func:`load_glue`, so a learner online gets the same format. A label
+    is a number (0 = ``labels[0]``, ...) or one of the ``labels`` themselves; every file is
+    checked line by line, and a bad line is named with its fix.
     """
     folder = Path(folder)
     splits = {}
+    features = Features({"text": Value("string"), "label": ClassLabel(names=list(labels))})
     for split in ("train", "validation", "test"):
         file = folder / f"{split}.tsv"
         if not file.is_file():
             raise FileNotFoundError(f"{file} is missing: the folder must hold train.tsv, validation.tsv and test.tsv.")
-        rows = [line.split("\t", 1) for line in file.read_text(encoding="utf-8").splitlines()[1:] if line]
-        features = Features({"text": Value("string"), "label": ClassLabel(names=list(labels))})
-        splits[split] = Dataset.from_dict({"text": [text for _, text in rows], "label": [int(y) for y, _ in rows]},
-                                          features=features)
+        texts, label_ids = _read_tsv(file, labels)
+        splits[split] = Dataset.from_dict({"text": texts, "label": label_ids}, features=features)
     return DatasetDict(splits)
+
+
+TSV_HEADER = "label\tsentence"
+
+
+def _read_tsv(file: Path, labels: tuple[str, ...]) -> tuple[list[str], list[int]]:
+    """The sentences and label ids of one TSV file, each line checked; errors name the file, line and fix."""
+    lines = file.read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0].strip() != TSV_HEADER:
+        found = lines[0][:60] if lines else "an empty file"
+        raise ValueError(f"{file}, line 1: expected the header {TSV_HEADER!r} (label, a tab, sentence), found "
+                         f"{found!r}. Add that header line, with the columns in that order.")
+    texts, label_ids = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        if "\t" not in line:
+            raise ValueError(f"{file}, line {number}: no tab between the label and the sentence ({line[:60]!r}). "
+                             "Separate the two columns with one tab character.")
+        label, text = line.split("\t", 1)
+        label = label.strip()
+        if label in labels:
+            label_ids.append(labels.index(label))
+        elif label.isdigit() and int(label) < len(labels):
+            label_ids.append(int(label))
+        else:
+            raise ValueError(f"{file}, line {number}: the label {label[:40]!r} is not one of 0-{len(labels) - 1} "
+                             f"or {list(labels)}. Put the label first and the sentence second, or pass "
+                             "labels=(...) naming this task's labels in order.")
+        if not text.strip():
+            raise ValueError(f"{file}, line {number}: the sentence is empty. Remove the line or add its text.")
+        texts.append(text)
+    if not texts:
+        raise ValueError(f"{file} holds a header but no examples: add at least one line 'label<TAB>sentence'.")
+    return texts, label_ids
 
 
 def _load_saved(path: str) -> DatasetDict:

@@ -87,3 +87,30 @@ def test_glue_offline_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(HubUnavailableError, match="load_task"):
         data.load_glue("sst2")
+
+
+def _tsv_folder(tmp_path, train: str):
+    good = "label\tsentence\n1\ta fine film\n0\ta dull one\n"
+    for split, text in (("train", train), ("validation", good), ("test", good)):
+        (tmp_path / f"{split}.tsv").write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize("train, fix", [
+    ("label\tsentence\npositive\ta fine film\n", None),  # a label name is accepted
+    ("sentence\tlabel\na fine film\t1\n", "line 1: expected the header"),
+    ("label\tsentence\n1 a fine film\n", "line 2: no tab"),
+    ("label\tsentence\n1\tgood\na fine film\t1\n", "line 3: the label 'a fine film' is not one of 0-1"),
+    ("label\tsentence\n7\ta fine film\n", "line 2: the label '7'"),
+    ("label\tsentence\n1\t \n", "line 2: the sentence is empty"),
+    ("label\tsentence\n", "holds a header but no examples"),
+    ("", "found 'an empty file'"),
+])
+def test_a_tsv_task_is_checked_line_by_line(tmp_path, train, fix):
+    folder = _tsv_folder(tmp_path, train)
+    if fix is None:
+        assert data.load_tsv_task(folder)["train"]["label"] == [1]
+        return
+    with pytest.raises(ValueError, match=fix) as caught:
+        data.load_tsv_task(folder)
+    assert "train.tsv" in str(caught.value)
