@@ -88,6 +88,9 @@ def resolve_model_source(name: str | None = None) -> str:
     """
     if name is None or name in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
         return str(verify_default_weights())
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"The model name is empty ({name!r}). Pass None for the packaged default, a Hugging Face "
+                         "id such as 'bert-base-uncased', or the path of a local model folder.")
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     if _looks_like_path(name):

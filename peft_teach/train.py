@@ -150,10 +150,13 @@ def check_training_setup(model: nn.Module, data: DatasetDict, *, epochs: int, lr
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    if not lr > 0:
-        raise ValueError(f"lr (learning rate) must be positive, e.g. 1e-3, got {lr!r}.")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        raise ValueError(f"lr (learning rate) must be a positive number, e.g. 1e-3 (not the text '1e-3'), got {lr!r}.")
     if not isinstance(data, DatasetDict) or "train" not in data:
         raise ValueError("data must be a DatasetDict with a 'train' split, e.g. load_task('sentiment').")
+    if len(data["train"]) == 0:
+        raise ValueError("The 'train' split is empty: nothing to learn from. Check how it was built (a filter or "
+                         "select that kept no rows?), e.g. len(data['train']) should be > 0.")
     if eval_split is not None and eval_split not in data:
         raise ValueError(f"eval_split {eval_split!r} is not in the data (splits: {list(data)}); "
                          "use one of those, or eval_split=None to skip evaluation.")

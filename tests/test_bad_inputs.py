@@ -6,6 +6,8 @@ no download), calls the package the wrong way, and checks the message names the 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from datasets import Dataset
@@ -61,6 +63,21 @@ def folder_with(tmp_path, **files: str):
     for name, text in files.items():
         (tmp_path / name.replace("__", ".")).write_text(text)
     return tmp_path
+
+
+def edited_checkpoint(tmp_path, drop: str):
+    """A saved LoRA checkpoint whose config.json lost a field ("r" inside config, or a top-level one)."""
+    folder = saved(lora.save_lora, lora_model(), tmp_path)
+    meta = json.loads((folder / "config.json").read_text())
+    (meta["config"] if drop in meta["config"] else meta).pop(drop)
+    (folder / "config.json").write_text(json.dumps(meta))
+    return folder
+
+
+def empty_train_task():
+    task = two_label_task()
+    task["train"] = task["train"].select([])
+    return task
 
 
 def prefix_model():
@@ -143,7 +160,7 @@ CASES = {
     # ---------------------------------------------------------------- training
     "train: epochs=0": (train_call(epochs=0), ValueError, "positive integer"),
     "train: batch_size=0": (train_call(batch_size=0), ValueError, "positive integer"),
-    "train: lr=0": (train_call(lr=0.0), ValueError, "must be positive"),
+    "train: lr=0": (train_call(lr=0.0), ValueError, "must be a positive number"),
     "train: 2-label model on a 5-label task": (train_call(task=tiny_task()), ValueError,
                                                "build_classifier(num_labels=len(label_names(data)))"),
     "train: unknown eval split": (train_call(eval_split="dev"), ValueError, "eval_split=None"),
@@ -285,6 +302,17 @@ CASES = {
     "lora: load into another base model": (
         lambda tmp_path: lora.load_lora(bert(hidden=48), saved(lora.save_lora, lora_model(), tmp_path)),
         IncompatibleBaseModelError, "Load it into the base model it was trained on"),
+    "train: empty train split": (train_call(task=empty_train_task()), ValueError, "len(data['train']) should be > 0"),
+    "train: learning rate given as text": (train_call(lr="1e-3"), ValueError, "not the text '1e-3'"),
+    "checkpoint: config.json lost a setting": (
+        lambda tmp_path: lora.load_lora(bert(), edited_checkpoint(tmp_path, "r")), CheckpointError, "has no setting 'r'"),
+    "checkpoint: config.json lost base_model": (
+        lambda tmp_path: lora.load_lora(bert(), edited_checkpoint(tmp_path, "base_model")), CheckpointError,
+        "Save the checkpoint again"),
+    "models: an empty model name": (lambda tmp_path: models.load_base_model(""), ValueError, "Pass None for the packaged"),
+    "adapter: reduction factor above the hidden size": (
+        lambda tmp_path: adapters.add_adapter(bert(), "a", adapters.AdapterConfig(reduction_factor=64)), ValueError,
+        "Use at most 32"),
     # ---------------------------------------------------------------- saving never destroys files
     "save: into a folder holding the user's config.json": (
         lambda tmp_path: lora.save_lora(lora_model(), folder_with(tmp_path, config__json="{}")), CheckpointError,

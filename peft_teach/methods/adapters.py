@@ -68,7 +68,11 @@ class AdapterConfig:
             raise ValueError(f"reduction_factor must be > 0 (e.g. 16: m = d / 16), got {self.reduction_factor!r}.")
 
     def bottleneck(self, hidden_size: int) -> int:
-        return max(1, int(hidden_size // self.reduction_factor))
+        if self.reduction_factor > hidden_size:
+            raise ValueError(f"reduction_factor {self.reduction_factor!r} is larger than the hidden size {hidden_size}: "
+                             f"the bottleneck would have no unit. Use at most {hidden_size} (e.g. 16: m = "
+                             f"{max(1, hidden_size // 16)}).")
+        return int(hidden_size // self.reduction_factor)
 
 
 class BottleneckAdapter(nn.Module):

@@ -32,6 +32,24 @@ class CheckpointError(ValueError):
     """A checkpoint folder is missing, incomplete, corrupt, or holds another method."""
 
 
+class SavedConfig(dict):
+    """A checkpoint's saved settings; a missing one raises CheckpointError naming it, not a bare KeyError."""
+
+    def __init__(self, values: dict, file: Path, method: str):
+        super().__init__(values)
+        self.file, self.method = file, method
+
+    def __missing__(self, key: str):
+        raise CheckpointError(f"{self.file} has no setting {key!r}, which load_{self.method} needs: the file was "
+                              f"edited, or written by another version. Save the checkpoint again with "
+                              f"save_{self.method}(...).")
+
+    def pop(self, key: str, *default):
+        if key not in self and not default:
+            self.__missing__(key)
+        return super().pop(key, *default)
+
+
 def check_folder(folder: Path, method: str, overwrite: bool, also_ours: tuple[str, ...] = ()) -> None:
     """Refuse to save ``method`` into ``folder`` if that would replace files the save did not write.
 
@@ -87,16 +105,23 @@ def read_checkpoint(folder: str | Path, method: str, model: nn.Module) -> tuple[
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{folder / CONFIG_FILE} is not valid JSON ({error}); the checkpoint is damaged. "
                               f"Save it again with save_{method}(...).") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{folder / CONFIG_FILE} is not a checkpoint description (a JSON object). "
+                              f"Pass the folder that save_{method}(...) wrote.")
     if meta.get("method") != method:
         raise CheckpointError(f"{folder} holds a {meta.get('method')!r} checkpoint, not {method!r}. "
                               f"Load it with load_{meta.get('method')}(...).")
+    missing = [key for key in ("config", "base_model") if not isinstance(meta.get(key), dict)]
+    if missing:
+        raise CheckpointError(f"{folder / CONFIG_FILE} lacks the field(s) {missing}: the file was edited, or written "
+                              f"by another version. Save the checkpoint again with save_{method}(...).")
     check_same_base(meta["base_model"], model, str(folder))
     try:
         tensors = load_file(str(folder / WEIGHTS_FILE))
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{folder / WEIGHTS_FILE} could not be read ({error}); the file is damaged or "
                               f"truncated. Save it again with save_{method}(...).") from None
-    return meta["config"], tensors
+    return SavedConfig(meta["config"], folder / CONFIG_FILE, method), tensors
 
 
 def split_head(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
