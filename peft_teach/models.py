@@ -9,6 +9,7 @@ Any Hugging Face model id (or local folder) works too when you are online.
 from __future__ import annotations
 
 import hashlib
+import numbers
 import os
 import socket
 from functools import lru_cache
@@ -142,6 +143,13 @@ def load_base_model(name: str | None = None, dtype: torch.dtype = torch.float32)
     return model.eval()
 
 
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU random generator seeded with ``seed``, for initialisation that is the same on every run and device."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an integer, e.g. seed=0, got {seed!r}.")
+    return torch.Generator().manual_seed(int(seed))
+
+
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Average the token vectors, ignoring padding (how all-MiniLM-L6-v2 was trained)."""
     mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
@@ -187,7 +195,7 @@ def build_classifier(num_labels: int, name: str | None = None, seed: int = 0) ->
         raise ValueError(f"num_labels must be an integer >= 2 (the number of classes), got {num_labels!r}; "
                          "for a task use len(label_names(data)).")
     backbone = load_base_model(name)
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     model = SequenceClassifier(backbone, num_labels)
     with torch.no_grad():
         bound = 1.0 / backbone.config.hidden_size**0.5

@@ -7,6 +7,7 @@ only has to freeze the rest), evaluates once per epoch and records a history.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import random
 import time
@@ -23,6 +24,8 @@ from torch.utils.data import DataLoader
 
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and PyTorch (CPU and GPU) in one call."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an integer, e.g. set_seed(0), got {seed!r}.")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device

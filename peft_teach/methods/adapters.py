@@ -44,7 +44,7 @@ from torch import nn
 from peft_teach.methods.architectures import layout_of
 from peft_teach.methods.checkpoint import load_head, load_into, read_checkpoint, save_checkpoint, split_head
 from peft_teach.methods.inject import find_modules, replace_module, train_only
-from peft_teach.models import get_backbone
+from peft_teach.models import get_backbone, seeded_generator
 
 PLACEMENTS = ("pfeiffer", "houlsby")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "swish": nn.SiLU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -94,7 +94,7 @@ class BottleneckAdapter(nn.Module):
         A zero W_up makes the adapter's change exactly 0 at first, yet W_up still
         gets gradients (through f(W_down a) != 0), so training can move it.
         """
-        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        generator = None if seed is None else seeded_generator(seed)
         with torch.no_grad():
             self.down.weight.normal_(0.0, 0.02, generator=generator)
             self.down.bias.zero_()
@@ -278,7 +278,7 @@ def add_head(model: nn.Module, name: str, num_labels: int, seed: int) -> nn.Line
         model.adapter_heads = nn.ModuleDict()
     d = model.head.in_features
     head = nn.Linear(d, num_labels)
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     with torch.no_grad():  # same initialisation as peft_teach.models.build_classifier
         head.weight.uniform_(-(d**-0.5), d**-0.5, generator=generator)
         head.bias.zero_()

@@ -54,7 +54,7 @@ from peft_teach.methods.adapters import (
 )
 from peft_teach.methods.checkpoint import CheckpointError, load_head, load_into, read_checkpoint, save_checkpoint, split_head
 from peft_teach.methods.inject import replace_module, train_only
-from peft_teach.models import get_backbone
+from peft_teach.models import get_backbone, seeded_generator
 
 
 class FusionLayer(nn.Module):
@@ -67,7 +67,7 @@ class FusionLayer(nn.Module):
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size, bias=False)
         self.last_weights: torch.Tensor | None = None  # (batch, tokens, N), kept for plots
-        generator = torch.Generator().manual_seed(seed)
+        generator = seeded_generator(seed)
         with torch.no_grad():
             for linear in (self.query, self.key):  # BERT's init: N(0, 0.02), zero bias
                 linear.weight.normal_(0.0, 0.02, generator=generator)

@@ -39,7 +39,7 @@ from transformers.pytorch_utils import Conv1D
 from peft_teach.files import foreign_files, replace_atomically, write_text_atomically
 from peft_teach.methods.checkpoint import CheckpointError, load_head, read_checkpoint, save_checkpoint, split_head
 from peft_teach.methods.inject import find_modules, replace_module, train_only
-from peft_teach.models import base_model_fingerprint, check_same_base, get_backbone
+from peft_teach.models import base_model_fingerprint, check_same_base, get_backbone, seeded_generator
 
 # Layers LoRA can wrap. GPT-2's Conv1D is a linear layer whose weight is stored
 # transposed (d_in x d_out) and computes x @ W + b.
@@ -151,7 +151,7 @@ def add_lora(model: nn.Module, targets: str | Iterable[str] = ("query", "value")
         raise ValueError("This model already has LoRA layers; remove_lora(model) first, or build a fresh model.")
     prefix = "backbone." if backbone is not model else ""
     found = find_modules(backbone, targets, module_type=ADAPTABLE)
-    generator = torch.Generator().manual_seed(seed)  # one stream, model order: reproducible
+    generator = seeded_generator(seed)  # one stream, model order: reproducible
     added: dict[str, LoRALinear] = {}
     for name, layer in found.items():
         added[prefix + name] = LoRALinear(layer, r=r, alpha=alpha, dropout=dropout, generator=generator)

@@ -60,7 +60,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from peft_teach.methods.architectures import attention_shape, layout_of
 from peft_teach.methods.checkpoint import load_one_module, save_checkpoint
 from peft_teach.methods.inject import find_modules, train_only
-from peft_teach.models import get_backbone
+from peft_teach.models import get_backbone, seeded_generator
 
 ATTENTION_NAME = "peft_teach_prefix"
 
@@ -174,7 +174,7 @@ class PrefixEncoder(nn.Module):
         self.layers, _, self.kv_heads, self.head_dim = attention_shape(config)
         self.length, self.mlp_hidden = length, mlp_hidden
         width = self.kv_heads * self.head_dim
-        generator = torch.Generator().manual_seed(seed)
+        generator = seeded_generator(seed)
         if reparameterize:
             self.seed_table = nn.Parameter(torch.randn(length, config.hidden_size, generator=generator))
             self.mlp = nn.Sequential(nn.Linear(config.hidden_size, mlp_hidden), nn.Tanh(),

@@ -48,7 +48,7 @@ from torch import nn
 from peft_teach.methods.architectures import position_limit
 from peft_teach.methods.checkpoint import load_one_module, save_checkpoint
 from peft_teach.methods.inject import train_only
-from peft_teach.models import get_backbone
+from peft_teach.models import get_backbone, seeded_generator
 
 PROMPT_INITS = ("random", "vocab", "text")
 
@@ -166,7 +166,7 @@ def initial_prompt(backbone: nn.Module, length: int, init: str = "random", text:
     if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
         raise ValueError(f"The prompt length must be a positive integer, got {length!r} (try 10).")
     table = backbone.get_input_embeddings().weight.detach()
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeded_generator(seed)
     if init == "random":
         return std * torch.randn(length, table.shape[1], generator=generator)
     if init == "vocab":  # real word embeddings: the prompt starts "in distribution"
