@@ -186,6 +186,27 @@ def ratios(times: dict[str, float], reference: str) -> dict[str, float]:
     return {name: seconds / times[reference] for name, seconds in times.items()}
 
 
+CONTROL_RANGE = (0.95, 1.05)  # where two identical timings must land for a run to be read at all
+
+
+def _control(relative: dict[str, float]) -> float:
+    """The control's ratio in a row of ratios, or a clear error when the run timed none."""
+    if CONTROL not in relative:
+        raise ValueError(f"No {CONTROL!r} entry among {sorted(relative)}: time the reference twice with "
+                         "compare_times(..., control=<the reference>) to know the run's noise.")
+    return relative[CONTROL]
+
+
+def control_note(relative: dict[str, float]) -> str:
+    """A line to print under a timing table: the control's ratio, and a warning when it leaves CONTROL_RANGE."""
+    control = _control(relative)
+    low, high = CONTROL_RANGE
+    if low <= control <= high:
+        return f"control {control:.2f} (two identical runs): differences within {abs(control - 1):.2f} of 1 are noise"
+    return (f"WARNING: control {control:.2f} is outside [{low}, {high}]: two identical runs disagree, so this "
+            "table is noise. Close other programs, or time more rounds (rounds=...), and run it again.")
+
+
 def beyond_control(relative: dict[str, float], reference: str) -> dict[str, float]:
     """The ratios farther from 1 than the control's: the differences one run resolves.
 
@@ -194,10 +215,7 @@ def beyond_control(relative: dict[str, float], reference: str) -> dict[str, floa
     ``control`` instead of 1.00 show the run's noise; a method closer to 1 than that
     cannot be told apart from the reference by this run.
     """
-    if CONTROL not in relative:
-        raise ValueError(f"No {CONTROL!r} entry among {sorted(relative)}: time the reference twice with "
-                         f"compare_times(..., control={reference!r}) to know the noise.")
-    noise = abs(relative[CONTROL] - 1)
+    noise = abs(_control(relative) - 1)
     return {name: ratio for name, ratio in relative.items()
             if name not in (reference, CONTROL) and abs(ratio - 1) > noise}
 
@@ -207,10 +225,7 @@ def fastest_within_control(relative: dict[str, float], names: list[str]) -> list
 
     ``relative`` is a row of ratios holding the control, as for :func:`beyond_control`.
     """
-    if CONTROL not in relative:
-        raise ValueError(f"No {CONTROL!r} entry among {sorted(relative)}: time the reference twice "
-                         "(compare_times(..., control=...)) to know the noise.")
-    noise = abs(relative[CONTROL] - 1)
+    noise = abs(_control(relative) - 1)
     best = min(relative[name] for name in names)
     return [name for name in names if relative[name] - best <= noise]
 

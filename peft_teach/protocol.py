@@ -27,6 +27,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from datasets import DatasetDict
 from torch import nn
 
@@ -153,6 +154,61 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def verdict(lower: float, upper: float) -> str:
     """What an interval for a difference allows us to say: a rank only when it excludes 0."""
     return "separable" if lower > 0 or upper < 0 else "not separable here"
+
+
+def difference_interval(tests_a: list[float], tests_b: list[float], test_examples: int, resamples: int = 4000,
+                        level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Mean test accuracy of A minus B, with an interval covering the seeds *and* the test set's sampling.
+
+    ``tests_a`` / ``tests_b`` hold one test accuracy per seed (what the protocol stores).
+    Each bootstrap round draws a seed of each side, then redraws each side's accuracy as
+    the share right in ``test_examples`` fresh test examples (binomial). The stored runs
+    keep no per-example predictions, so the two test draws are independent: the interval
+    is wider than a paired one would be. A "separable" here is safe; a "not separable
+    here" may be the test set's size speaking. Returns ``(difference, lower, upper)``.
+    """
+    if len(tests_a) < 2 or len(tests_b) < 2:
+        raise ValueError("Each side needs the test accuracies of at least 2 seeds to show the seed spread; "
+                         f"got {len(tests_a)} and {len(tests_b)}.")
+    generator = torch.Generator().manual_seed(seed)
+    draws = []
+    for tests in (tests_a, tests_b):
+        accuracy = torch.tensor(tests, dtype=torch.float64)[torch.randint(0, len(tests), (resamples,),
+                                                                           generator=generator)]
+        count = torch.full((resamples,), float(test_examples), dtype=torch.float64)
+        draws.append(torch.binomial(count, accuracy, generator=generator) / test_examples)
+    differences = draws[0] - draws[1]
+    tail = (1 - level) / 2
+    lower, upper = torch.quantile(differences, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return statistics.mean(tests_a) - statistics.mean(tests_b), lower, upper
+
+
+def compare(summary: dict[str, dict], first: str, second: str, test_examples: int) -> tuple[float, float, float, str]:
+    """``first`` minus ``second`` in a :func:`summarize` table: difference, interval and :func:`verdict`."""
+    difference, lower, upper = difference_interval(summary[first]["test"], summary[second]["test"], test_examples)
+    return difference, lower, upper, verdict(lower, upper)
+
+
+def tiers(summary: dict[str, dict], test_examples: int) -> list[list[str]]:
+    """The methods in tiers from the best down, instead of ranks.
+
+    The first tier is the best method and every method not separable from it
+    (:func:`compare`); the next tier starts at the best of the rest, and so on. Within a
+    tier, the order of the means is noise as far as this comparison can tell.
+    """
+    left = sorted(summary, key=lambda method: -summary[method]["mean"])
+    found = []
+    while left:
+        best = left[0]
+        tier = [best] + [m for m in left[1:] if compare(summary, best, m, test_examples)[3] != "separable"]
+        found.append(tier)
+        left = [m for m in left if m not in tier]
+    return found
+
+
+def tier_of(tiers_found: list[list[str]], method: str) -> int:
+    """1 for the top tier, 2 for the next, ..."""
+    return next(i for i, tier in enumerate(tiers_found, start=1) if method in tier)
 
 
 def save_for_task(method: str, model: nn.Module, folder) -> int:

@@ -1,7 +1,7 @@
 """The transfer protocol: a low-resource target task, learned with or without the source tasks.
 
-Lesson 02 and seed 001's table (AdapterFusion vs joint multi-task training vs a single
-adapter per task vs multi-task prompt tuning) compare methods under these rules, which
+Lessons 02 and 06 (AdapterFusion vs joint multi-task training vs a single adapter per
+task vs multi-task prompt tuning) compare methods under these rules, which
 are :mod:`peft_teach.protocol`'s rules applied to the target task:
 
 * **Target:** ``routing`` (256 training examples), TARGET_BUDGET for every method:
@@ -10,8 +10,8 @@ are :mod:`peft_teach.protocol`'s rules applied to the target task:
   sample std over seeds 0-2 at that rate. Heads train at ``protocol.HEAD_LR``.
 * **Sources:** the four source tasks (sentiment, aspect, topic, negation). Stage 1 of
   fusion is lesson 01's adapters (``experiments.source_adapter_model``: 38-113 steps of
-  batch 32 each); the joint and multi-task prompt runs see every source for 320 steps,
-  so if anything the source budget favours them, not fusion.
+  batch 32 each), while the joint and multi-task prompt runs see every source for 320
+  steps: the source budget favours joint training and the shared prompt, not fusion.
 
 The methods (identifiers are keys of :data:`TARGET_METHODS`):
 

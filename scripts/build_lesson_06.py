@@ -44,7 +44,7 @@ from peft_teach import precomputed, protocol, transfer
 from peft_teach.checks import expect_close
 from peft_teach.data import load_task
 from peft_teach.benchmark import design_space_batches, fusion_speed, method_speed
-from peft_teach.measure import cuda_peak_memory, training_memory
+from peft_teach.measure import beyond_control, control_note, cuda_peak_memory, fastest_within_control, format_mb, training_memory
 from peft_teach.methods import adapters, fusion, lora
 from peft_teach.models import build_classifier, load_tokenizer
 from peft_teach.plots import plot_seed_curves
@@ -115,33 +115,29 @@ would break the same-budget rule. It answers one question: did the budget hold t
 The table puts the two tasks side by side: `sentiment` (generated reviews, negation and contrast decide the
 label) and 1,200 real SST-2 movie-review sentences (the same budget). The real data is precomputed only: you
 would get it online with `load_glue("sst2")`."""),
-("code", """def rank_of(summary: dict) -> dict[str, int]:
-    order = sorted(summary, key=lambda m: -summary[m]["mean"])
-    return {method: order.index(method) + 1 for method in summary}
-
-
-def near_best(summary: dict, method: str) -> bool:
-    # within noise of the best: the two means differ by no more than the two sample stds added
-    best = max(summary.values(), key=lambda row: row["mean"])
-    row = summary[method]
-    return best["mean"] - row["mean"] <= best["std"] + row["std"]
-
-
-ranks = {task: rank_of(summary) for task, summary in results.items()}
+("md", """Two methods are only ranked when their difference is larger than the noise. Here the noise has two sources:
+the seeds, and the test set, a sample of the sentences we could have drawn (600 generated, 1,000 SST-2). For each
+pair, `protocol.difference_interval` draws a seed of each side and redraws its accuracy on a fresh test set of the
+same size, 4,000 times; the 95 % interval of the difference either excludes 0 ("separable") or not ("not
+separable here"). `protocol.tiers` then groups the methods: tier 1 is the best method and every method not
+separable from it, tier 2 starts at the best of the rest, and so on. Within a tier, the order of the means is noise
+as far as this comparison can tell."""),
+("code", """TEST_EXAMPLES = {task: stored[task]["recipe"]["test_examples"] for task in results}
+tiers = {task: protocol.tiers(summary, TEST_EXAMPLES[task]) for task, summary in results.items()}
 
 
 def cell(task: str, method: str) -> str:
-    summary = results[task]
-    if method not in summary:
+    if method not in results[task]:
         return f"{'not stored':<21}"
-    row = summary[method]
-    return f"{row['mean']:.3f} ± {row['std']:.3f} {ranks[task][method]:>3}{' ~' if near_best(summary, method) else '  '}"
+    row = results[task][method]
+    return f"{row['mean']:.3f} ± {row['std']:.3f}  tier {protocol.tier_of(tiers[task], method)}"
 
 
-print(f"{'method':<22} {'trainable':>10} | {'sentiment: test, rank':<21} | {'SST-2: test, rank':<21}")
+print(f"{'method':<22} {'trainable':>10} | {'sentiment: test, tier':<21} | {'SST-2: test, tier':<21}")
 for method, row in results["sentiment"].items():
     print(f"{row['label']:<22} {row['trainable']:>10,} | {cell('sentiment', method)} | {cell('sst2', method)}")
-print("~ = within noise of the task's best method (means differ by at most the sum of the two sample stds)")"""),
+for task, found in tiers.items():
+    print(f"{task}: " + "  >  ".join(" = ".join(protocol.METHODS[m].label for m in tier) for tier in found))"""),
 ("code", """fig, ax = plt.subplots(figsize=(7, 4))
 for marker, (task, summary) in zip(("o", "s"), results.items()):
     for method, row in summary.items():
@@ -238,9 +234,11 @@ plt.show()"""),
 ("md", """## 4. Speed: ratios, measured interleaved
 
 A timing on a shared or laptop machine drifts: other programs, clock changes. So we never compare two numbers
-measured minutes apart. `compare_latency` and `compare_train_step` run the models in turns (A, B, C, A, B, C, ...)
-and report each as a ratio to the base model measured in the same run. The ratios still depend on the machine
-(your CPU, threads, GPU), which is why this cell's output is not checked by the tests."""),
+measured minutes apart. `compare_latency` and `compare_train_step` run the models in turns, in an order shuffled
+every round (a fixed order can favour whichever model runs first), and report each as a ratio to the base model
+measured in the same run. The base model is timed a second time among them: the row `control`, two identical
+forwards whose ratio shows the run's noise. The ratios still depend on the machine (your CPU, threads, GPU), which
+is why this cell's output is not checked by the tests."""),
 ("code", """# NBVAL_IGNORE_OUTPUT
 # Your machine, now: a short run (2 interleaved rounds). Not checked by the tests: timings differ per machine.
 timed = design_space_batches(tokenizer)
@@ -249,7 +247,9 @@ live_speed["fusion batch 32"] = fusion_speed(timed["batch 32"], rounds=2, repeat
 print(f"{'method':<14} {'infer b=1':>10} {'infer b=32':>11} {'train step':>11}   (inference / base, step / full FT)")
 for method in live_speed["batch 1"]:
     print(f"{method:<14} {live_speed['batch 1'][method]:>10.2f} {live_speed['batch 32'][method]:>11.2f} "
-          f"{live_speed['train step'].get(method, float('nan')):>11.2f}")"""),
+          f"{live_speed['train step'].get(method, float('nan')):>11.2f}")
+for row in ("batch 1", "batch 32", "train step", "fusion batch 32"):
+    print(f"{row}: {control_note(live_speed[row])}")"""),
 ("md", """The same measurement, run once with 7 rounds on an idle 2-core CPU by `make benchmark`, is stored with the
 course (`peft_teach/precomputed/method_speed.json`). The rest of this lesson reads the stored ratios, so that its
 triangle and decision guide are the same for every reader; compare them with yours above."""),
@@ -276,22 +276,22 @@ axes[1].set_xticks(range(len(train_names)), train_names, rotation=35, ha="right"
 axes[1].set_title("training step / full fine-tuning step (stored)")
 plt.tight_layout()
 plt.show()"""),
-("md", """**How much of this is noise?** Head-only training and full fine-tuning run the very same forward pass at
-inference (the same network, a head of the same size), so their ratio is a control: any distance from 1 is the
-machine's noise, not a method. Differences between methods smaller than that are not resolved by this run."""),
-("code", """for batch_name in ("batch 1", "batch 32"):
-    print(f"noise floor at {batch_name}: full FT / base = {speed[batch_name]['full_ft']:.2f} (identical forward passes)")
-resolved = {m: speed["batch 32"][m] for m in speed["batch 32"]
-            if abs(speed["batch 32"][m] - 1) > abs(speed["batch 32"]["full_ft"] - 1)}
-print("inference ratios at batch 32 beyond that floor:", {m: round(r, 2) for m, r in resolved.items()})
+("md", """**How much of this is noise?** Every run times its reference twice: the row `control` is the base model's
+forward (and full fine-tuning's step) against itself, in the same shuffled rounds. Two identical timings that land
+away from 1.00 show the run's noise; a method closer to 1.00 than the control is not told apart from the reference
+by this run (`measure.beyond_control`). Full fine-tuning's forward is the base model's too, a second control."""),
+("code", """for row_name, reference in (("batch 1", "head_only"), ("batch 32", "head_only"), ("train step", "full_ft")):
+    resolved = beyond_control(speed[row_name], reference)
+    print(f"{row_name}: control {speed[row_name]['control']:.2f}; beyond it: "
+          + ", ".join(f"{m} {r:.2f}" for m, r in resolved.items()))
+peft_steps = [speed["train step"][m] for m in protocol.METHODS if m not in ("head_only", "full_ft")]
 print(f"training step: head-only {speed['train step']['head_only']:.2f}, PEFT methods "
-      f"{min(v for m, v in speed['train step'].items() if m not in ('head_only', 'full_ft')):.2f} to "
-      f"{max(v for m, v in speed['train step'].items() if m not in ('head_only', 'full_ft')):.2f} of a full fine-tuning step")"""),
-("md", """Read with that floor in mind, the stored timings say three things. At inference, the soft prompt is by far the
-slowest: its extra positions lengthen the sequence in every layer, which costs most on short inputs at batch 32;
-Houlsby's two adapters per layer and the prefix's MLP (timed unfolded: it recomputes the prefix on every
-forward until `fold()` removes it) sit just beyond the floor; merged LoRA has the base model's shape and its
-latency, and the rest cannot be told apart from the base model here. In training, head-only is by far the
+      f"{min(peft_steps):.2f} to {max(peft_steps):.2f} of a full fine-tuning step")"""),
+("md", """Read against the control, the stored timings say three things. At inference, the soft prompt is by far the
+slowest: its extra positions lengthen the sequence in every layer, which costs most on short inputs at batch 32.
+The prefix's MLP (timed unfolded: it recomputes the prefix on every forward until `fold()` removes it) and
+Houlsby's two adapters per layer cost most at batch 1; every other unmerged method adds a few percent, beyond the
+control; merged LoRA has the base model's shape, and the control cannot tell its latency from the base model's. In training, head-only is by far the
 cheapest step (no backward pass through the encoder), and every other PEFT method costs a bit more than half a
 full fine-tuning step: the backward pass through the frozen network remains, only the weight gradients and the
 optimizer's work shrink. The soft prompt's step is again the dearest of the PEFT methods, for the same reason."""),
@@ -330,82 +330,119 @@ shared machine cannot tell a few percent of slowdown from noise (the noise floor
 on your own idle machine before you trust a small ratio either way."""),
 ("md", """## 5. The triangle: capacity, memory, speed
 
-A design card often draws PEFT methods in a triangle whose corners are the three things you can want:
-**Capacity** (accuracy), **Memory** (little of it to train) and **Speed** (fast to train and to run). To place
-a method from *measurements* we need one score per corner, each between 0 and 1, and each relative to the two
-baselines we already have:
-
-- **Capacity** $C$: where the method's test accuracy sits between head-only (0) and full fine-tuning (1),
-  averaged over the tasks stored for it (generated sentiment and SST-2), clipped to [0, 1].
-- **Memory** $M$: where its total training memory (weights + gradients + AdamW state + saved activations, the
-  counted bytes of section 3) sits between full fine-tuning's (0) and head-only's (1), on a linear scale: the
-  bytes you would have to fit on a GPU.
-- **Speed** $S$: the mean of two ratios, each capped at 1: the base model's inference latency / the method's
-  (batch 32), and the fastest training step of all methods / the method's (the stored timings of section 4).
-
-A point's position is the normalised triple $(C, M, S) / (C + M + S)$, used as weights of the three corners
-(barycentric coordinates). A method near a corner is strong on that axis *relative to its other two*; a method
-in the middle is balanced. What the picture hides is the sum: a method good at everything and one bad at
-everything both sit in the middle. So read the table of scores with it."""),
+PEFT overviews often draw the methods in a triangle whose corners are the three things you can want:
+**Capacity** (accuracy), **Memory** (little of it to train) and **Speed** (fast to train and to run). Before any
+picture, here are the three measurements it would compress, each with what it depends on: accuracy with its
+tier (section 2), memory counted exactly at two batch sizes (16 and 128 reviews of the generated task, the same
+input lengths), and the stored speed ratios with their control (section 4)."""),
 ("code", """methods = list(protocol.METHODS)
 head, full = "head_only", "full_ft"
-capacity = {m: float(np.mean([np.clip((results[t][m]["mean"] - results[t][head]["mean"]) /
-                                      (results[t][full]["mean"] - results[t][head]["mean"]), 0, 1)
-                              for t in results if m in results[t]])) for m in methods}
-extra = {m: memory[m]["gradients"] + memory[m]["optimizer_state"] + memory[m]["activations"] for m in methods}
-total = {m: memory[m]["weights"] + extra[m] for m in methods}
-memory_score = {m: (total[full] - total[m]) / (total[full] - total[head]) for m in methods}
-fastest_step = min(speed["train step"][m] for m in methods)
-speed_score = {m: 0.5 * (min(1.0, 1 / speed["batch 32"][m]) + fastest_step / speed["train step"][m]) for m in methods}
+big_batch = next(iter(make_loader(data["train"], tokenizer, batch_size=128)))
+memory_128 = {}
+for method in methods:
+    model = protocol.build_method(method, num_labels=2, seed=0)
+    memory_128[method] = training_memory(model, big_batch)
+    del model
+total = {16: {m: sum(memory[m].values()) for m in methods}, 128: {m: sum(memory_128[m].values()) for m in methods}}
+extra = {m: total[16][m] - memory[m]["weights"] for m in methods}  # what training adds to the weights (batch 16)
+print(f"batches: {tuple(batch['input_ids'].shape)} and {tuple(big_batch['input_ids'].shape)} (reviews, tokens)")
+print(f"{'method':<22} {'SST-2 test':>15} {'tier':>4} {'memory b16':>11} {'memory b128':>12} {'infer b32':>9} {'step':>6}")
+for m in methods:
+    row = results["sst2"][m]
+    print(f"{protocol.METHODS[m].label:<22} {row['mean']:.3f} ± {row['std']:.3f} {protocol.tier_of(tiers['sst2'], m):>4} "
+          f"{format_mb(total[16][m]):>11} {format_mb(total[128][m]):>12} {speed['batch 32'][m]:>9.2f} "
+          f"{speed['train step'][m]:>6.2f}")
+print(f"speed controls: inference {speed['batch 32']['control']:.2f}, train step {speed['train step']['control']:.2f}")"""),
+("md", """To draw a triangle, each measurement becomes a score between 0 and 1, relative to the two baselines:
+
+- **Capacity** $C$: where the method's test accuracy sits between head-only (0) and full fine-tuning (1),
+  averaged over the two tasks, clipped to [0, 1].
+- **Memory** $M$: where its total training memory sits between full fine-tuning's (0) and head-only's (1),
+  clipped to [0, 1], once at each batch size.
+- **Speed** $S$: the mean of two ratios, each capped at 1: the base model's inference latency / the method's
+  (batch 32), and the fastest training step of all methods / the method's.
+
+A point is the normalised triple $(C, M, S) / (C + M + S)$, used as weights of the three corners. This is one view
+among several, and a fragile one: each score depends on the baselines, the batch and the task (watch the memory
+axis move between the two batch sizes), and the normalisation hides the sum, so a method good at everything and
+one bad at everything both sit in the middle. Read it beside the table above, never instead of it."""),
+("code", """def capacity_of(m: str, shift: float = 0.0) -> float:
+    # shift moves the method's accuracy by `shift` sample stds: the seed spread's effect on C
+    return float(np.mean([np.clip((results[t][m]["mean"] + shift * results[t][m]["std"] - results[t][head]["mean"]) /
+                                  (results[t][full]["mean"] - results[t][head]["mean"]), 0, 1) for t in results]))
+
+
+def memory_of(m: str, size: int) -> float:
+    return float(np.clip((total[size][full] - total[size][m]) / (total[size][full] - total[size][head]), 0, 1))
+
+
+def speed_of(m: str, shift: float = 0.0) -> float:
+    # shift moves both ratios by `shift` times the control's distance from 1: the run's noise
+    noise = {k: abs(speed[k]["control"] - 1) for k in ("batch 32", "train step")}
+    infer = speed["batch 32"][m] * (1 + shift * noise["batch 32"])
+    step = speed["train step"][m] * (1 + shift * noise["train step"])
+    return 0.5 * (min(1.0, 1 / infer) + min(speed["train step"][k] for k in methods) / step)
+
+
+def weights(m: str, size: int = 16, c_shift: float = 0.0, s_shift: float = 0.0) -> np.ndarray:
+    triple = np.array([capacity_of(m, c_shift), memory_of(m, size), speed_of(m, s_shift)])
+    return triple / triple.sum()
+
 
 corners = np.array([[0.5, np.sqrt(3) / 2], [0.0, 0.0], [1.0, 0.0]])  # Capacity (top), Memory, Speed
-fig, ax = plt.subplots(figsize=(6, 5.4))
+fig, ax = plt.subplots(figsize=(8, 5.4))
 ax.fill(*corners.T, color="whitesmoke", edgecolor="black")
 for (x, y), name in zip(corners, ("Capacity", "Memory", "Speed")):
     ax.annotate(name, (x, y), textcoords="offset points", xytext=(0, 8 if name == "Capacity" else -14),
                 ha="center", fontweight="bold")
-print(f"{'method':<22} {'C':>5} {'M':>5} {'S':>5}")
+print(f"{'method':<22} {'C':>5} {'M b16':>6} {'M b128':>7} {'S':>5}")
 for m in methods:
-    triple = np.array([capacity[m], memory_score[m], speed_score[m]])
-    point = triple / triple.sum() @ corners
-    ax.scatter(*point, color=COLOR[m], s=60, zorder=3)
-    ax.annotate(protocol.METHODS[m].label, point, textcoords="offset points", xytext=(5, 3), fontsize=7)
-    print(f"{protocol.METHODS[m].label:<22} {capacity[m]:>5.2f} {memory_score[m]:>5.2f} {speed_score[m]:>5.2f}")
+    small, large = weights(m, 16) @ corners, weights(m, 128) @ corners
+    ax.plot(*np.array([small, large]).T, color=COLOR[m], lw=1)
+    ax.scatter(*small, color=COLOR[m], s=50, zorder=3, label=protocol.METHODS[m].label)
+    ax.scatter(*large, facecolors="white", edgecolors=COLOR[m], s=50, zorder=3)
+    print(f"{protocol.METHODS[m].label:<22} {capacity_of(m):>5.2f} {memory_of(m, 16):>6.2f} {memory_of(m, 128):>7.2f} "
+          f"{speed_of(m):>5.2f}")
 ax.set_axis_off()
-ax.set_title("Each method placed by its measured capacity, memory and speed")
+ax.set_title("One view: filled at batch 16, hollow at batch 128 (memory moves with the batch)", fontsize=10)
+ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+plt.tight_layout()
 plt.show()"""),
-("md", """**Seed 002's placements, against ours.** The course's design seed (seed 002) places adapters near the
-Capacity corner, LoRA on the Capacity–Memory edge, and prompts near the Speed corner. Each claim becomes a test
-on the measured triple: "near a corner" means that corner has the largest weight; "on an edge" means the third
-corner has the smallest."""),
+("md", """**The usual placements, against ours.** The same overviews put adapters near the Capacity corner, LoRA on the
+Capacity–Memory edge, and prompts near the Speed corner. Each claim becomes a test on the weights: "near a
+corner" means that corner has the largest weight; "on an edge" means the corner left out has the smallest. A
+verdict must survive the uncertainty: we recompute it with the accuracy moved by one sample std either way, the
+speed ratios moved by the control's distance either way, and memory at both batch sizes. The same answer in all
+eight cases is "holds" or "does not hold"; anything else is "unresolved"."""),
 ("code", """CORNERS = ("Capacity", "Memory", "Speed")
 
 
-def weights(m: str) -> np.ndarray:
-    triple = np.array([capacity[m], memory_score[m], speed_score[m]])
-    return triple / triple.sum()
-
-
-def placement_holds(m: str, claim: str) -> bool:
-    w = weights(m)
+def placement_holds(w: np.ndarray, claim: str) -> bool:
     if "edge" in claim:  # "Capacity-Memory edge": the corner left out has the smallest weight
         left_out = next(c for c in CORNERS if c not in claim)
         return CORNERS[int(np.argmin(w))] == left_out
     return CORNERS[int(np.argmax(w))] in claim
 
 
+def placement_verdict(m: str, claim: str) -> str:
+    answers = {placement_holds(weights(m, size, c, s), claim) for size in (16, 128) for c in (-1, 1) for s in (-1, 1)}
+    return "unresolved" if len(answers) > 1 else ("holds" if answers.pop() else "does not hold")
+
+
 for method, claim in (("pfeiffer", "near Capacity"), ("houlsby", "near Capacity"), ("lora", "Capacity-Memory edge"),
                       ("soft_prompt", "near Speed")):
     w = weights(method)
-    print(f"{protocol.METHODS[method].label:<20} claimed {claim:<21} measured weights C {w[0]:.2f}  M {w[1]:.2f}  "
-          f"S {w[2]:.2f} -> {'holds' if placement_holds(method, claim) else 'does not hold'}")"""),
-("md", """Read the verdicts with the weights beside them. The adapters' and LoRA's placements hold by the letter of
-the test, but their three weights differ by a few hundredths only: measured, every one of these methods sits
-near the middle of the triangle, and so do the prefixes and Prefix-Tuning+. Nothing here puts adapters near
-the Capacity corner or LoRA on an edge; that picture needs methods that give up much more on one axis. The
-soft prompt's placement fails outright: it is the *slowest* PEFT method in section 4. Its largest weight is
-Memory, not because it saves more memory than the others (its activations make it save less) but because it is
-weaker still on the other two axes: the normalised triple shows where a method is *relatively* strong."""),
+    print(f"{protocol.METHODS[method].label:<20} claimed {claim:<21} weights (batch 16) C {w[0]:.2f}  M {w[1]:.2f}  "
+          f"S {w[2]:.2f} -> {placement_verdict(method, claim)}")"""),
+("md", """**Reading.** At batch 16 the adapters, LoRA, the prefixes and Prefix-Tuning+ sit near the centre: their three
+weights differ by a few hundredths. Only the Houlsby adapter's placement survives all eight cases, by a few
+hundredths; the Pfeiffer adapter's and LoRA's are unresolved: the verdict changes with the batch size or within the
+noise. The soft prompt's is unresolved too, in an instructive way: at batch 16 its largest weight is Memory, at
+batch 128 it is Speed, not because it got faster but because its 20 extra positions in every layer make its
+activations grow with the batch, and its memory score falls from 0.66 to 0.10. The memory axis is where the
+picture moves most: from batch 16 to 128 every PEFT method's memory score falls from about 0.8 to about 0.4,
+because the activations that PEFT does not save grow with the batch while the gradients and optimizer state it
+does save stay the same. A triangle drawn at one batch size is a statement about that batch size."""),
 ("md", """## 6. One view of all of them: a change Δh of the hidden state
 
 He et al. (ICLR 2022, *Towards a Unified View of Parameter-Efficient Transfer Learning*, Sec. 3) write every
@@ -443,24 +480,29 @@ plt.show()"""),
 ("md", """## 7. Which method for which constraint
 
 The decision guide below is computed from this lesson's numbers, not typed: for each constraint, the method
-that wins on the measurement that constraint cares about."""),
+that wins on the measurement that constraint cares about, or every method tied with it when the measurement
+cannot split them."""),
 ("code", """LABELS = {**{m: spec.label for m, spec in protocol.METHODS.items()}, "lora_merged": "LoRA (r=8), merged"}
 peft_methods = [m for m in methods if m not in ("head_only", "full_ft")]
 both = [m for m in methods if m in results["sst2"]]
 guide = {
-    "best accuracy on real sentences (SST-2)": max(both, key=lambda m: results["sst2"][m]["mean"]),
-    "best accuracy on SST-2, PEFT only": max([m for m in peft_methods if m in both], key=lambda m: results["sst2"][m]["mean"]),
+    "best accuracy on real sentences (SST-2)": tiers["sst2"][0],
+    "best accuracy on SST-2, PEFT only": protocol.tiers({m: results["sst2"][m] for m in peft_methods if m in both},
+                                                        TEST_EXAMPLES["sst2"])[0],
     "least training memory, PEFT only": min(peft_methods, key=lambda m: extra[m]),
-    "fastest inference, PEFT only (batch 32)": min(peft_methods + ["lora_merged"], key=lambda m: speed["batch 32"][m]),
-    "fastest training step, PEFT only": min(peft_methods, key=lambda m: speed["train step"][m]),
+    "fastest inference, PEFT only (batch 32)": fastest_within_control(speed["batch 32"], peft_methods + ["lora_merged"]),
+    "fastest training step, PEFT only": fastest_within_control(speed["train step"], peft_methods),
     "many tasks: smallest file per task, PEFT only": min(peft_methods, key=lambda m: storage[m]),
 }
 for constraint, winner in guide.items():
-    print(f"{constraint:<48} -> {LABELS[winner]}")"""),
-("md", """A winner is only as good as its margin. The speed rows pick the smallest stored ratio, and section 4's noise
-floor is larger than the gaps between most PEFT methods at inference: there, merged and unmerged LoRA,
-Prefix-Tuning+, the Pfeiffer adapter and the prefix are a tie on this machine. The memory and disk rows are counted bytes, so their
-winners are exact; the accuracy rows come with the ± of section 2."""),
+    tied = winner if isinstance(winner, list) else [winner]
+    print(f"{constraint:<48} -> {' = '.join(LABELS[m] for m in tied)}"
+          + ("  (not separable here)" if len(tied) > 1 else ""))"""),
+("md", """A winner is only as good as its margin. The accuracy rows print the top tier of section 2 (`protocol.tiers`);
+the speed rows the fastest method and every method within the control's distance of it
+(`measure.fastest_within_control`): a tie that the data cannot split is printed as one. The memory and disk rows
+are counted bytes, so their winners are exact. On SST-2 the accuracy rows name almost every method: at this
+budget, accuracy is not what decides between them."""),
 ("md", """### Common claims, against our measurements
 
 Each row: a claim you will meet, and what this lesson measured on MiniLM (22.7M parameters). The cell prints
@@ -495,31 +537,31 @@ for claim, measured in rows:
 Does the generated task's verdict hold on real data? The ranks of section 2 answer it method by method:"""),
 ("code", """for method in results["sentiment"]:
     if method in results["sst2"]:
-        a, b = ranks["sentiment"][method], ranks["sst2"][method]
-        if near_best(results["sentiment"], method) and near_best(results["sst2"], method):
-            note = "within noise of the best on both"
-        else:
-            note = "same rank" if a == b else ("ranks higher on SST-2" if b < a else "ranks lower on SST-2")
-        print(f"{protocol.METHODS[method].label:<22} rank {a} (generated) vs {b} (SST-2): {note}")"""),
+        a, b = (protocol.tier_of(tiers[task], method) for task in ("sentiment", "sst2"))
+        note = "the same tier" if a == b else ("a higher tier on SST-2" if b < a else "a lower tier on SST-2")
+        print(f"{protocol.METHODS[method].label:<22} tier {a} (generated) vs {b} (SST-2): {note}")
+for pair in (("full_ft", "houlsby"), ("full_ft", "lora"), ("soft_prompt", "head_only")):
+    for task in ("sentiment", "sst2"):
+        difference, lower, upper, verdict = protocol.compare(results[task], *pair, TEST_EXAMPLES[task])
+        print(f"{task:<9} {' - '.join(protocol.METHODS[m].label for m in pair):<34} {difference:+.3f} "
+              f"[{lower:+.3f}, {upper:+.3f}]  {verdict}")"""),
 ("md", """What the real sentences change, method by method:
 
-- **The generated task cannot rank the strong methods; SST-2 can, a little.** On `sentiment`, full
-  fine-tuning, both adapters and Prefix-Tuning+ sit within noise of the best (the `~` marks in section 2), and
-  LoRA misses that mark by a hair: the task is solved, and their order there is noise. On SST-2 full fine-tuning leads on its own;
-  the two adapters, LoRA and both prefixes follow, one to two and a half points behind it and mostly within
-  noise of each other; Prefix-Tuning+ comes next. No PEFT method matches full
-  fine-tuning on real sentences at this budget and model size.
-- **Prompt tuning is the case to watch.** On generated reviews the soft prompt is barely above head-only
-  (0.664 against 0.612) and still climbing after 300 steps; on SST-2 it is clearly above head-only (0.807
-  against 0.788) with flat curves, yet still below every other PEFT method. Our reading, not a measurement:
-  the generated labels hinge on negation and contrast ("not bad", "but"), which the frozen encoder has to
-  re-route token by token, and a prompt at the input can only steer that slowly (lesson 03's probe with 4x the
-  epochs got there); SST-2's labels ride more on the words themselves, which MiniLM's frozen features already
-  expose. So "prompt tuning is the weakest method at this model size" holds on both tasks; *how far* behind it
-  falls depends on the task.
-- **Head-only stays last on both, but its gap to full fine-tuning is far smaller on SST-2**, for the same
-  reason: a linear probe on frozen features is a strong baseline where the features already carry the label,
-  and a weak one where they do not.
+- **Neither task splits the strong methods.** On `sentiment`, full fine-tuning, both adapters, LoRA and
+  Prefix-Tuning+ form tier 1: the task is solved, and their order there is noise. On SST-2, full fine-tuning and
+  every PEFT method but the soft prompt share tier 1 (0.814 to 0.845). Full fine-tuning has the highest mean on
+  real sentences, but the intervals above include 0: with 1,000 test sentences and three seeds this comparison
+  cannot say whether a PEFT method falls short of full fine-tuning on SST-2, nor order the PEFT methods there.
+- **Prompt tuning is the case to watch.** The soft prompt is the one PEFT method outside tier 1 on both tasks,
+  in the bottom tier beside head-only: 0.664 against 0.612 on generated reviews (still climbing after 300 steps),
+  0.807 against 0.788 on SST-2 (flat curves); neither difference from head-only is separable here. Our reading,
+  not a measurement: the generated labels hinge on negation and contrast ("not bad", "but"), which the frozen
+  encoder has to re-route token by token, and a prompt at the input can only steer that slowly (lesson 03's probe
+  with 4x the epochs got there); SST-2's labels ride more on the words themselves, which MiniLM's frozen features
+  already expose.
+- **Head-only is in the bottom tier on both, but its gap to full fine-tuning is far smaller on SST-2** (0.788
+  against 0.845, where generated reviews give 0.612 against 1.000), for the same reason: a linear probe on frozen
+  features is a strong baseline where the features already carry the label, and a weak one where they do not.
 - **The budget is not what holds the flagged SST-2 methods back.** Section 1 flags prefix tuning, Prefix-Tuning+ and
   LoRA as still gaining more than a point in their last epoch on SST-2, but their 16-epoch probes end *lower*
   on test than their 4-epoch runs (0.805 against 0.811, 0.798 against 0.817, 0.814 against 0.828), with best
@@ -527,10 +569,10 @@ Does the generated task's verdict hold on real data? The ranks of section 2 answ
   flag caught noise, not a method held back by the budget (one seed per probe, but all three agree).
   On `sentiment` the flag was real: the soft prompt's probe climbs from 0.702 to 0.930 on test, so on the
   generated task its table number measures the budget more than the method."""),
-("md", """## 8. Many tasks on one model: seed 001's comparison, measured
+("md", """## 8. Many tasks on one model: four strategies, measured
 
-The course's design seed (seed 001) compares four ways to use several source tasks for a new, low-resource one,
-with a claim in every row. Here each row gets the value we measured. The setting: four source tasks (sentiment,
+Four ways to use several source tasks for a new, low-resource one are commonly compared, each with a typical claim
+about how close it comes to full fine-tuning. Here each claim gets the value we measured. The setting: four source tasks (sentiment,
 aspect, topic, negation; 1,200 reviews each) and the target `routing` (256 training reviews: which team must act
 on a review, so it needs sentiment *and* aspect). Every method follows the protocol on the target: 320 steps of
 batch 16, its own learning rate chosen on validation, test mean ± sample std over 3 seeds
@@ -564,7 +606,7 @@ plt.tight_layout()
 plt.show()"""),
 ("code", """# the protocol's convergence test, and the slower trend: gain over the last four epochs (mean of seeds)
 print(protocol.format_convergence(shared["methods"]) if shared["methods"] else "not precomputed yet")"""),
-("md", """The table below puts seed 001's claims beside our measurements: accuracies and parameter counts from the
+("md", """The table below puts those common claims beside our measurements: accuracies and parameter counts from the
 stored transfer runs, the inference row from section 4's stored timings."""),
 ("code", """m = shared["methods"]
 full = m["full_ft"]["mean"] if "full_ft" in m else float("nan")
@@ -587,7 +629,7 @@ print(f"{'row':<36} {'claim (fusion / joint / single / MT prompt)':<58}")
 for row, (claim, measured) in rows.items():
     print(f"{row:<36} {claim}")
     print(f"{'':<36} measured: {' / '.join(measured)}")"""),
-("md", """**Reading the rows.** Against seed 001's "% of full FT", fusion reaches 109% and joint training 111% (the claims:
+("md", """**Reading the rows.** Against the claimed "% of full FT", fusion reaches 109% and joint training 111% (the claims:
 95% and "varies"), the single adapter 99% (claim: 90-95%) and multi-task prompt tuning 72% (claim: 85-92%). The
 percentages mean less than they seem. Full fine-tuning on 256 examples is itself weak here (0.902 ± 0.013), so a
 method that brings in 4,800 labelled source reviews can pass it. No method here trips the protocol's
@@ -608,8 +650,9 @@ if not shared.get("negative_transfer"):
     print("not precomputed yet")"""),
 ("md", """**No negative transfer here.** Every source task scores as well inside the joint adapter as alone: sentiment,
 aspect and negation 1.000 both ways, topic 0.989 ± 0.003 joint against 0.992 ± 0.001 alone. These generated tasks
-are easy enough that one adapter has room for all five. Seed 001's warning is about tasks that compete for
-capacity, and ours do not: the row is not refuted, only not triggered."""),
+are easy enough that one adapter has room for all five. The usual warning about joint training (Pfeiffer et al., 2021, motivate
+AdapterFusion with it) is about tasks that compete for capacity, and ours do not: the warning is not refuted, only
+not triggered."""),
 ("md", """**Knowledge composition.** If fusion really composes what the adapters know, removing the adapter that
 carries what `routing` needs (aspect) should cost much more than removing one it does not need (topic). And if
 the learned attention matters, fusion should beat a plain average of the four adapters."""),
@@ -648,8 +691,8 @@ routing better than full fine-tuning from the base model, 0.957 ± 0.009 against
 helps the new task and costs the old one."""),
 ("md", """### Fusion beside the other ways to combine tasks, and its limits
 
-Seed 001 also places fusion among its neighbours. Each point is a property of the mechanism; where this lesson
-measured it, the section is named.
+Where does fusion sit among its neighbours? Each point is a property of the mechanism; where this lesson measured
+it, the section is named.
 
 - **Fusion vs LoRA.** A LoRA module changes one task's weights and, merged, costs nothing at inference
   (section 4). LoRA modules of several tasks can be switched or added together, but nothing in LoRA learns
@@ -668,7 +711,7 @@ measured it, the section is named.
   that grows linearly with the number of adapters."""),
 ("md", """## 9. Deployment: many tasks on one frozen model, at the edge and in real time
 
-Seed 000 frames PEFT as a deployment question: one frozen base model that serves many tasks, perhaps on a small
+PEFT is often framed as a deployment question: one frozen base model that serves many tasks, perhaps on a small
 device, perhaps under a latency limit. Three of this lesson's measurements answer it directly: the file each
 task adds (section 3), the latency at batch 1, the real-time case of one request at a time (section 4), and
 whether switching tasks touches the base weights."""),
@@ -699,17 +742,19 @@ is the natural choice; for a server that switches tasks per request, unmerged Lo
   budget was enough.
 - Parameter counts decide gradients, optimizer state and disk per task; they do **not** decide activation
   memory, which depends on how deep the gradient must flow. Counting saved tensors shows it exactly.
-- Speed must be measured as ratios in one interleaved run; merged LoRA has the base model's shape, adapters and
-  fusion add work in every layer, and fusion's work grows with its number of adapters.
-- The triangle is a summary of three normalised measurements: its corners depend on the normalisation, so
-  always read it with the numbers. Measured here, adapters, prefixes, Prefix-Tuning+ and LoRA land close
-  together near its middle: they buy most of full fine-tuning's accuracy and most of head-only's memory saving,
-  and all still pay for a backward pass through the frozen network. The soft prompt is not the fast method a design card makes it: longer sequences cost it
-  time and activations.
-- A generated task can be solved by every strong method at once; real sentences (SST-2) are what separate
-  them. They also change the picture most for prompt tuning and head-only, whose gaps to full fine-tuning
-  shrink the most.
-- Seed 001's transfer table, measured (section 8): fusion beats every method trained on the target alone and a
+- Speed must be measured as ratios in one interleaved run, in a shuffled order, beside a control (the reference
+  timed twice); merged LoRA has the base model's shape, adapters and fusion add work in every layer, and fusion's
+  work grows with its number of adapters.
+- The triangle is one view of three normalised measurements: its points depend on the normalisation and on the
+  batch size, so always read it with the numbers. Measured here, adapters, prefixes, Prefix-Tuning+ and LoRA land
+  close together near its middle: they buy most of full fine-tuning's accuracy and much of head-only's memory
+  saving, and all still pay for a backward pass through the frozen network. Of the usual placements only the
+  Houlsby adapter's survives the uncertainty. The soft prompt is not the fast method the usual picture makes it:
+  longer sequences cost it time and activations.
+- A generated task can be solved by every strong method at once, and at this budget real sentences (SST-2) do not
+  separate them either: on SST-2 every method but the soft prompt and head-only shares the top tier. Prompt
+  tuning and head-only are where the tasks differ most: their gaps to full fine-tuning shrink on real sentences.
+- Four multi-task strategies, measured (section 8): fusion beats every method trained on the target alone and a
   plain average of its adapters, but joint multi-task training, which keeps training on the sources, beats fusion;
   the generated sources show no negative transfer; sequential full fine-tuning forgets, by an amount that varies
   widely between seeds."""),

@@ -97,3 +97,15 @@ def test_train_step_time_refuses_a_model_with_nothing_to_train(base):
         frozen = tiny_causal_lm("llama")
         frozen.requires_grad_(False)
         measure.train_step_time(frozen, {"input_ids": torch.ones(1, 3, dtype=torch.long)})
+
+
+def test_stored_timings_pass_their_control_check():
+    """Every stored timing table was read from a run whose control landed in measure.CONTROL_RANGE."""
+    from peft_teach import precomputed
+
+    low, high = measure.CONTROL_RANGE
+    rows = list(precomputed.load("llm_speed")["results"]["generation"].values())
+    rows += list(precomputed.load("method_speed")["results"].values())
+    assert rows and all(low <= row[measure.CONTROL] <= high for row in rows)
+    for row in precomputed.load("llm_speed")["results"]["train_step"].values():
+        assert low <= row["control_ratio"] <= high

@@ -93,7 +93,7 @@ def test_compare_times_refuses_a_control_that_is_not_timed():
 def test_beyond_control_keeps_only_ratios_farther_from_one_than_the_control():
     relative = {"base": 1.0, "slow": 1.10, "same": 1.01, "fast": 0.90, measure.CONTROL: 0.97}
     assert measure.beyond_control(relative, "base") == {"slow": 1.10, "fast": 0.90}
-    with pytest.raises(ValueError, match="control='base'"):
+    with pytest.raises(ValueError, match="time the reference twice"):
         measure.beyond_control({"base": 1.0, "slow": 1.1}, "base")
 
 
@@ -103,3 +103,10 @@ def test_fastest_within_control_names_every_method_the_noise_cannot_split():
     assert measure.fastest_within_control(relative, ["c"]) == ["c"]
     with pytest.raises(ValueError, match="time the reference twice"):
         measure.fastest_within_control({"a": 1.0}, ["a"])
+
+
+def test_control_note_warns_when_two_identical_runs_disagree():
+    assert measure.control_note({"base": 1.0, measure.CONTROL: 1.02}).startswith("control 1.02")
+    assert measure.control_note({"base": 1.0, measure.CONTROL: 0.70}).startswith("WARNING: control 0.70")
+    with pytest.raises(ValueError, match="time the reference twice"):
+        measure.control_note({"base": 1.0})

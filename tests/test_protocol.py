@@ -195,3 +195,30 @@ def test_convergence_report_flags_the_last_epoch_and_shows_the_slower_trend():
 def test_a_verdict_ranks_only_when_the_interval_excludes_zero():
     assert protocol.verdict(0.01, 0.2) == protocol.verdict(-0.3, -0.02) == "separable"
     assert protocol.verdict(-0.01, 0.2) == protocol.verdict(0.0, 0.2) == "not separable here"
+
+
+def test_difference_interval_covers_seeds_and_test_sampling():
+    same = protocol.difference_interval([0.80, 0.81, 0.79], [0.80, 0.81, 0.79], 1000)
+    assert same[0] == pytest.approx(0.0) and same[1] < 0 < same[2]
+    apart = protocol.difference_interval([0.95, 0.96, 0.95], [0.60, 0.61, 0.62], 1000)
+    assert apart[1] > 0.3 and protocol.verdict(*apart[1:]) == "separable"
+    # a smaller test set, or seeds that disagree, widen the interval
+    width = lambda result: result[2] - result[1]
+    assert width(protocol.difference_interval([0.8, 0.8, 0.8], [0.7, 0.7, 0.7], 100)) > \
+        width(protocol.difference_interval([0.8, 0.8, 0.8], [0.7, 0.7, 0.7], 10000))
+    assert width(protocol.difference_interval([0.7, 0.8, 0.9], [0.7, 0.7, 0.7], 1000)) > \
+        width(protocol.difference_interval([0.8, 0.8, 0.8], [0.7, 0.7, 0.7], 1000))
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        protocol.difference_interval([0.8], [0.7, 0.7], 1000)
+
+
+def test_tiers_group_the_methods_the_interval_cannot_separate():
+    def row(*tests):
+        return {"test": list(tests), "mean": sum(tests) / len(tests)}
+
+    summary = {"a": row(0.90, 0.91, 0.90), "b": row(0.90, 0.90, 0.89), "c": row(0.70, 0.71, 0.70),
+               "d": row(0.50, 0.52, 0.51)}
+    found = protocol.tiers(summary, 1000)
+    assert found == [["a", "b"], ["c"], ["d"]]
+    assert [protocol.tier_of(found, m) for m in "abcd"] == [1, 1, 2, 3]
+    assert protocol.compare(summary, "a", "c", 1000)[3] == "separable"

@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import publish_runtimes  # noqa: E402
 
 RUNTIMES = json.loads((ROOT / "runtimes.json").read_text())
-LESSON_BUDGET_S, PRACTICE_BUDGET_S = 240, 60  # on a 2-core CPU (COURSE_DESIGN.md)
+LESSON_BUDGET_S, PRACTICE_BUDGET_S = 240, 60  # seconds on a 2-core CPU, the course's budgets
 
 
 def test_every_notebook_has_a_published_runtime():

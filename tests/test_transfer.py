@@ -1,4 +1,4 @@
-"""The transfer protocol (lesson 02, seed 001's table) and the multi-task training loop it uses."""
+"""The transfer protocol (lessons 02 and 06) and the multi-task training loop it uses."""
 
 from __future__ import annotations
 
