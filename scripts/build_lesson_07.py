@@ -25,17 +25,19 @@ CELLS: list[tuple[str, str]] = [
 - build a training batch for a causal LM: loss on the answer tokens only, left padding;
 - write LoRA into the LLM's attention yourself and check it against the package on logits *and* gradients;
 - train it live, score it against prompting, merge it for serving, and check it against `peft` on the same weights;
-- attach the course's other methods to the LLM (soft prompt, prefix, adapters) and read the stored comparison;
+- read the stored comparison, on the tickets and on real SST-2 phrases beside lesson 06's encoder, with an interval
+  for every difference;
+- attach the course's other methods to the LLM (soft prompt, prefix, adapters);
 - count what training an LLM costs in memory (the activations dominate) and what serving costs: time per token
   and key/value cache, per method, with a control beside every timing.
 
-**Prerequisites:** lesson 05 (LoRA); lessons 01 and 03 for the other methods in section 8.
+**Prerequisites:** lesson 05 (LoRA); lessons 01 and 03 for the other methods in section 9.
 
 **Runtime (measured):** see the README syllabus.
 
-The comparison of section 7 (three methods, two learning rates, three seeds, and few-shot prompting) is
-precomputed (`make precompute`, job `llm_tickets`, about 2 hours on a 2-core CPU); this lesson re-trains one
-stored configuration live.
+The comparisons of sections 7 and 8 (three methods, each at a learning rate chosen on validation, three seeds, and
+prompting) are precomputed (`make precompute`, jobs `llm_tickets` and `llm_sst2`; the sections print how long they
+took on a 2-core CPU); this lesson re-trains one stored configuration live.
 
 {LLM_COLAB_NOTE}"""),
 ("code", """import copy
@@ -47,7 +49,7 @@ from torch import nn
 
 from peft_teach import llm, llm_experiments, llm_speed, precomputed, protocol, tickets
 from peft_teach.checks import compare, expect_close
-from peft_teach.measure import beyond_control, count_parameters, format_mb, training_memory
+from peft_teach.measure import beyond_control, control_note, count_parameters, format_mb, training_memory
 from peft_teach.methods import adapters, lora, prefix, prompts
 from peft_teach.methods.inject import find_modules, replace_module
 from peft_teach.train import enable_determinism, set_seed
@@ -346,22 +348,10 @@ no seed. A difference between two rows is only worth reading with its uncertaint
 seeds, and the 200 test tickets, a sample of all the tickets we could have drawn. `llm_experiments.difference_interval`
 resamples both (a seed of each side, and the same tickets for both sides, drawn with replacement) and reports a 95 %
 interval for the difference of all-fields scores. An interval that contains 0 means "not separable here"."""),
-("code", """print("all three fields right: method minus 3-shot prompting, 95 % interval over seeds and test tickets")
-for method, row in summary.items():
-    if row is None:
-        continue
-    difference, lower, upper = llm_experiments.difference_interval(
-        [run["test"]["answers"] for run in row["runs"]], [few_shot["answers"]], data["test"])
-    print(f"  {row['label']:<20} {difference:+.3f}  [{lower:+.3f}, {upper:+.3f}]  {protocol.verdict(lower, upper)}")
-print("the methods against each other (first minus second)")
-done = [row for row in summary.values() if row is not None]
-for i, first in enumerate(done):
-    for second in done[i + 1:]:
-        difference, lower, upper = llm_experiments.difference_interval(
-            [run["test"]["answers"] for run in first["runs"]], [run["test"]["answers"] for run in second["runs"]],
-            data["test"])
-        pair = f"{first['label']} - {second['label']}"
-        print(f"  {pair:<38} {difference:+.3f}  [{lower:+.3f}, {upper:+.3f}]  {protocol.verdict(lower, upper)}")"""),
+("code", """print("all three fields right, first minus second: 95 % interval over seeds and test tickets")
+for pair, difference, lower, upper, verdict in llm_experiments.differences(
+        summary, (f"{llm_experiments.FEW_SHOT}-shot", few_shot["answers"]), data["test"], "all_fields"):
+    print(f"  {pair:<38} {difference:+.3f}  [{lower:+.3f}, {upper:+.3f}]  {verdict}")"""),
 ("md", """**Reading.** Under one recipe, every method beats prompting, and the three methods separate from each
 other; the intervals above say so, not only the means. LoRA on q and v (460,800 parameters, 0.34 % of the model)
 gets all three fields right on 0.980 ± 0.018 of the test tickets, prefix tuning (115,200 parameters) on
@@ -378,7 +368,81 @@ The parameter budgets differ by a factor of 40, and the methods that sit in fron
 fit the training tickets less well: their losses end higher (final training loss 0.041 ± 0.020 for the prefix,
 0.157 ± 0.022 for the soft prompt, 0.002 ± 0.001 for LoRA; the curves above). On the ticket task a prefix and a
 prompt are cheap to store (lesson 06 counted the disk per task), but at this budget they are not enough."""),
-("md", """## 8. Every method of the course on the LLM
+("md", """## 8. Real phrases: SST-2 as generation (stored)
+
+The tickets are generated. Does the picture hold on real text? Lesson 06 trained every method on the encoder with
+real SST-2 movie-review phrases; here the LLM gets the same phrases as a generation task. The user message is an
+instruction and the phrase, the answer one word: "positive" or "negative". An answer counts as parsed when it holds
+exactly one of the two words, and as right when that word is the label, so "The review is positive." is right too.
+The data are lesson 06's: its 1,200 training phrases, 500 validation and 1,000 test phrases. The recipe is the
+tickets': 100 steps of 8 phrases, three seeds, and each method's learning rate chosen on validation from a grid that
+grows by a half-decade step while the best rate sits at an edge (the grids are printed below the table).
+
+Besides zero-shot and 3-shot prompting, one baseline needs neither training nor parsing: which of the two words the
+base model finds likelier as the first token of its answer (`llm.label_word_scores`). It asks what the model knows
+about the phrase once its phrasing is out of the way."""),
+("code", """from peft_teach import sst2_generation
+
+sst2_stored = precomputed.load("llm_sst2")
+sst2_runs, SST2 = sst2_stored["runs"], llm_experiments.SST2
+sst2_test = SST2.load()["test"]
+sst2_summary = llm_experiments.summarize(sst2_runs, SST2)
+print(f"stored: {sst2_stored['seconds'] / 3600:.1f} hours on {sst2_stored['machine']['threads']} threads")
+print(f"{'SST-2, 1,000 test phrases':<26} {'params':>9} {'lr':>6}  {'parse':>13}  {'accuracy':>13}")
+shots = f"few_shot_k{llm_experiments.FEW_SHOT}"
+for label, key in (("zero-shot", "zero_shot"), (f"{llm_experiments.FEW_SHOT}-shot", shots)):
+    scores = sst2_runs[key]["test"]["scores"]
+    print(f"{label:<26} {0:>9} {'-':>6}  {scores['parse_rate']:>13.3f}  {scores['accuracy']:>13.3f}")
+print(f"{'zero-shot, likelier word':<26} {0:>9} {'-':>6}  {'-':>13}  "
+      f"{sst2_runs['zero_shot_label_words']['accuracy']:>13.3f}")
+for method, row in sst2_summary.items():
+    if row is None:
+        print(f"{SST2.methods[method].label:<26} not yet stored (python scripts/precompute.py llm_sst2)")
+        continue
+    cells = [f"{mean:.3f} ± {std:.3f}" for mean, std in row["test"].values()]
+    print(f"{row['label']:<26} {row['trainable']:>9,} {row['lr']:>6g}  " + "  ".join(f"{c:>13}" for c in cells))
+positive = sum(sst2_test["label"]) / len(sst2_test)
+print(f"always answering 'positive' scores {positive:.3f}")
+for method, row in sst2_summary.items():  # validation accuracy per rate: the chosen one must not sit at an edge
+    if row is not None:
+        print(f"{row['label']:<18} validation by lr: " + ", ".join(f"{lr:g} {acc:.3f}" for lr, acc in row["grid"].items()))
+for label, key in (("zero-shot", "zero_shot"), (f"{llm_experiments.FEW_SHOT}-shot", shots)):
+    said = [sst2_generation.answer_label(answer) for answer in sst2_runs[key]["test"]["answers"]]
+    print(f"{label} answers 'positive' to {said.count('positive')} of {len(said)} phrases")"""),
+("code", """print("accuracy, first minus second: 95 % interval over seeds and test phrases")
+for pair, difference, lower, upper, verdict in llm_experiments.differences(
+        sst2_summary, (f"{llm_experiments.FEW_SHOT}-shot", sst2_runs[shots]["test"]["answers"]), sst2_test,
+        "accuracy", SST2):
+    print(f"  {pair:<38} {difference:+.3f}  [{lower:+.3f}, {upper:+.3f}]  {verdict}")
+encoder = protocol.summarize(precomputed.load("protocol_sst2"))
+print("lesson 06, the encoder (MiniLM, 22.7M parameters), on the same 1,000 test phrases:")
+for method in ("full_ft", "lora", "prefix", "soft_prompt", "head_only"):
+    print(f"  {encoder[method]['label']:<24} {encoder[method]['mean']:.3f} ± {encoder[method]['std']:.3f}")
+if sst2_summary["lora"] is not None:  # across the two models: seeds and test phrases, unpaired (lesson 06)
+    llm_lora = [run["test"]["scores"]["accuracy"] for run in sst2_summary["lora"]["runs"]]
+    for method in ("full_ft", "lora"):
+        difference, lower, upper = protocol.difference_interval(llm_lora, encoder[method]["test"], len(sst2_test))
+        print(f"SmolLM2 LoRA - MiniLM {encoder[method]['label']:<17} {difference:+.3f}  [{lower:+.3f}, {upper:+.3f}]  "
+              f"{protocol.verdict(lower, upper)}")"""),
+("md", """**Reading.** Untrained, the model hardly reads the phrase. Zero-shot it answers "positive" to 982 of 1000
+phrases, with three examples to 998, so its accuracy (0.564 and 0.563) is the share of positive phrases (0.561).
+Even the likelier first word scores only 0.569: the lean towards "positive" is in the model's probabilities, not
+only in how it phrases an answer.
+
+One hundred steps change that. Every method beats 3-shot prompting by a separable margin, from +0.263 (soft
+prompt) to +0.313 (LoRA). LoRA (0.876 ± 0.012) beats the prefix (+0.038 [+0.010, +0.064]) and the soft prompt
+(+0.050 [+0.019, +0.083]); the prefix and the soft prompt are not separable here. The order is the tickets' order,
+but the gaps are far smaller: a label that is one of two words is an easier target than three fields with codes,
+and a prompt in front of the input can steer a model towards one of two words it already knows. Every chosen rate
+sits inside its grid, and the highest rates (0.03 for LoRA, 0.3 for the prefix) collapse to the always-positive
+0.528 on validation.
+
+Across the two models, SmolLM2 with LoRA and MiniLM fully fine-tuned are not separable here (+0.031 [-0.007,
++0.067]); SmolLM2 with LoRA beats MiniLM with LoRA (+0.052 [+0.012, +0.090]). Read that as how far each model gets
+on the same phrases under its own recipe, not as a verdict on a method: the models differ in size (134,515,008
+parameters against 22.7M), in pretraining and in the head (a generated word against a trained classifier), and
+the stored LLM runs took 2.0 hours on two CPU threads."""),
+("md", """## 9. Every method of the course on the LLM
 
 The methods of lessons 01–05 attach to the LLM with the same verbs they use on the encoder. What changes:
 
@@ -429,7 +493,7 @@ for task in ("tickets", "summaries", None):  # switched per request; None runs t
 for task in ("tickets", "summaries"):
     adapters.remove_adapter(candidate, task)
 del candidate"""),
-("md", """## 9. What training an LLM costs in memory
+("md", """## 10. What training an LLM costs in memory
 
 Lesson 06 counted the bytes of one training step on the encoder. On the LLM the same count shows where the memory
 goes: the frozen weights are fixed, LoRA's gradients and AdamW state are tiny, and the **activations** that
@@ -450,7 +514,7 @@ untouched: the backward pass still runs through every layer, since the LoRA matr
 why "I used LoRA and still ran out of memory" is a common question: the fixes are a smaller batch or shorter
 sequences, activation checkpointing (recompute instead of store), or a method whose trainable parameters sit only
 near the top of the model."""),
-("md", """## 10. What serving costs: time per token and the key/value cache
+("md", """## 11. What serving costs: time per token and the key/value cache
 
 A served model writes one token at a time, and each request keeps a **key/value cache**: for every token read or
 written, one key and one value per layer and key/value head, 2 · L · n_kv · d_head numbers. What each method adds
@@ -528,6 +592,7 @@ live_speed = llm_speed.generation_ratios({"base": base_model, "lora": model, "lo
                                          new_tokens=8, rounds=2)
 for name, ratio in live_speed["batch 1"].items():
     print(f"{name:<14} {ratio:.2f}")
+print(control_note({k: v for k, v in live_speed["batch 1"].items() if k != "base tokens/s"}))
 del served"""),
 ("md", """## Summary
 
@@ -543,6 +608,9 @@ del served"""),
 - Trained under one recipe (100 steps, 3 seeds), LoRA gets all fields right on 0.980 ± 0.018 of the tickets,
   prefix tuning on 0.655 ± 0.079, the soft prompt on 0.240 ± 0.023: every difference is separable here. The product
   field, which needs the model codes, is where the prefix and the soft prompt fall short.
+- On real SST-2 phrases as generation, prompting stays at the always-positive share (zero-shot 0.564, 3-shot
+  0.563); after 100 steps LoRA reaches 0.876 ± 0.012, ahead of the prefix and the soft prompt, which are not
+  separable here. SmolLM2 with LoRA and MiniLM fully fine-tuned (lesson 06) are not separable here.
 - Soft prompt, prefix and adapters attach to the LLM with the same verbs and generate through the key/value cache.
   With grouped-query attention a prefix needs a third of the 2 L l d parameters.
 - With LoRA, the activations of one batch dwarf the gradients and optimizer state; LoRA saves optimizer memory,
@@ -561,7 +629,9 @@ del served"""),
    greedy answers differ after merging?
 6. Your LoRA training runs out of memory at batch 32. Which of the four counted parts would you attack first, and how?
 7. Our prefix adds nothing to the key/value cache and `peft`'s adds 10 tokens per request. What does ours pay instead,
-   and which would you choose for a service that holds thousands of requests at once?"""),
+   and which would you choose for a service that holds thousands of requests at once?
+8. On SST-2 the base model's likelier first word scores barely above always answering "positive". What would you
+   change in the prompt or in the scoring to test whether the model knows the sentiment but prefers one word?"""),
 ("md", """## Further reading
 
 - L. B. Allal et al., *SmolLM2: When Smol Goes Big — Data-Centric Training of a Small Language Model*, 2025 (arXiv 2502.02737).

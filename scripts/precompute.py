@@ -11,6 +11,7 @@
     python scripts/precompute.py transfer_routing  # lessons 02 and 06: the target task with and without sources
     python scripts/precompute.py length_tradeoff   # lesson 04: short and long inputs, and a long prefix
     python scripts/precompute.py llm_tickets       # lesson 07: prompting and PEFT methods on the packaged LLM
+    python scripts/precompute.py llm_sst2          # lesson 07: the same on SST-2 phrases (real data)
 
 Each writes ``peft_teach/precomputed/<name>.json`` with the results, the recipe and
 how long it took. The protocol and transfer jobs are long (9 methods x (3 learning
@@ -31,11 +32,11 @@ import torch
 
 from pathlib import Path
 
-from peft_teach import experiments, lengths, llm, llm_experiments, protocol, tickets, transfer
+from peft_teach import experiments, lengths, llm, llm_experiments, protocol, sst2_generation, tickets, transfer
 from peft_teach.data import SOURCE_TASKS, SST2_SAMPLE, label_names, load_task, load_tsv_task
 from peft_teach.models import load_tokenizer
 from peft_teach.methods import fusion, prefix
-from peft_teach.precomputed import FOLDER, path
+from peft_teach.precomputed import FOLDER, path, write_atomically
 from peft_teach.train import enable_determinism, evaluate, get_device, make_loader, steps_per_epoch
 
 
@@ -169,16 +170,6 @@ PROBE_RULE = (f"; a method still rising in its last epoch gets one seed-0 run wi
               f"{protocol.PROBE_EPOCHS // protocol.BUDGET['epochs']}x the epochs")
 
 
-def write_atomically(file: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``file``, then rename it into place.
-
-    A job killed mid-write leaves the previous complete file (a rename is atomic), never a truncated one.
-    """
-    temporary = file.with_name(f".{file.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, file)
-
-
 class ResumableStore:
     """``peft_teach/precomputed/<name>.json``, written after every finished run.
 
@@ -257,7 +248,7 @@ def run_protocol(name: str, data, tokenizer, description: str) -> None:
 
 
 def transfer_routing(tokenizer) -> None:
-    """Seed 001's table and lesson 02: every target method, then the transfer measurements; resumable."""
+    """Lessons 02 and 06: every multi-task strategy on the target, then the transfer measurements; resumable."""
     tasks = transfer.load_tasks()
     recipe = {"target": transfer.TARGET_TASK, "sources": list(SOURCE_TASKS), **transfer.TARGET_BUDGET,
               "steps": transfer.STEPS, "head_lr": protocol.HEAD_LR, "seeds": list(protocol.SEEDS),
@@ -309,39 +300,76 @@ def length_tradeoff(tokenizer) -> None:
         key, tasks, lr, protocol.SEEDS[0], tokenizer, epochs=epochs))
 
 
+def llm_recipe(task: llm_experiments.GenerationTask, data, description: str, metric: str) -> dict:
+    """The recipe every LLM comparison stores: budget, seeds, grids, baselines and split sizes."""
+    E = llm_experiments
+    return {"task": description, **E.BUDGET, "seeds": list(E.SEEDS),
+            "lr_grid": {m: list(spec.lr_grid) for m, spec in task.methods.items()}, "few_shot": E.FEW_SHOT,
+            "max_new_tokens": task.max_new_tokens, "train_examples": len(data["train"]),
+            "validation_examples": len(data["validation"]), "test_examples": len(data["test"]),
+            "selection": SELECTION.replace("final validation accuracy", f"validation {task.selection_metric}"),
+            "metric": metric}
+
+
+def llm_grids(store: ResumableStore, task: llm_experiments.GenerationTask, data, tokenizer) -> None:
+    """Few-shot prompting, then each method's grid (seed 0) and its other seeds at the chosen rate."""
+    E = llm_experiments
+
+    def run(method: str, lr: float, seed: int) -> dict:
+        result = E.run(method, data, lr, seed, tokenizer, task=task)
+        return {"lr": lr, "seed": seed, "validation": result["validation_scores"][task.selection_metric], **result}
+
+    store.get(f"few_shot_k{E.FEW_SHOT}", lambda: {"test": E.prompting(tokenizer, data, E.FEW_SHOT, task)})
+    for method in task.methods:  # one method at a time, so a stopped job has whole methods stored
+        grid_then_seeds(store, {method: task.methods[method]}, run)
+
+
 def llm_tickets(tokenizer) -> None:
     """Lesson 07: zero- and few-shot prompting, the live check, then each method's grid and seeds; resumable."""
     del tokenizer  # the encoder's; this job uses the LLM's
     tokenizer = llm.load_llm_tokenizer()
     data = tickets.load_tickets()
     E = llm_experiments
-    recipe = {"task": "support tickets -> JSON (peft_teach.tickets, seed 0)", **E.BUDGET, "seeds": list(E.SEEDS),
-              "lr_grid": {m: list(spec.lr_grid) for m, spec in E.METHODS.items()}, "live": E.LIVE,
-              "few_shot": E.FEW_SHOT, "max_new_tokens": E.MAX_NEW_TOKENS,
-              "train_examples": len(data["train"]), "validation_examples": len(data["validation"]),
-              "test_examples": len(data["test"]),
-              "selection": SELECTION.replace("final validation accuracy", f"validation {E.SELECTION_METRIC}"),
-              "metric": "greedy decoding; parse rate and exact match per field on the full test split"}
+    recipe = {**llm_recipe(E.TICKETS, data, "support tickets -> JSON (peft_teach.tickets, seed 0)",
+                           "greedy decoding; parse rate and exact match per field on the full test split"),
+              "live": E.LIVE}
     store = ResumableStore("llm_tickets", recipe)
     store.get("zero_shot", lambda: {"test": E.prompting(tokenizer, data, 0)})
     live = E.LIVE
     store.get("live", lambda: E.run(live["method"], data, live["lr"], live["seed"], tokenizer, steps=live["steps"],
                                     test_examples=live["test_examples"]))
+    llm_grids(store, E.TICKETS, data, tokenizer)
 
-    def run(method: str, lr: float, seed: int) -> dict:
-        result = E.run(method, data, lr, seed, tokenizer)
-        return {"lr": lr, "seed": seed, "validation": result["validation_scores"][E.SELECTION_METRIC], **result}
 
-    store.get(f"few_shot_k{E.FEW_SHOT}", lambda: {"test": E.prompting(tokenizer, data, E.FEW_SHOT)})
-    for method in E.METHODS:  # one method at a time, so a stopped job has whole methods stored
-        grid_then_seeds(store, {method: E.METHODS[method]}, run)
+def llm_sst2(tokenizer) -> None:
+    """Lesson 07's real-data column: SST-2 phrases answered in one word, prompting and each method; resumable."""
+    del tokenizer
+    tokenizer = llm.load_llm_tokenizer()
+    task = llm_experiments.SST2
+    data = task.load()
+    data["train"] = data["train"].select(range(TRAIN_EXAMPLES))  # lesson 06's SST-2 training phrases
+    recipe = llm_recipe(task, data, f"SST-2 phrases -> positive/negative (the packaged sample; lesson 06's "
+                                    f"first {TRAIN_EXAMPLES:,} training phrases and its test phrases)",
+                        "greedy decoding; an answer holding exactly one of the two label words is parsed; "
+                        "accuracy on the full test split")
+    store = ResumableStore("llm_sst2", recipe)
+    store.get("zero_shot", lambda: {"test": llm_experiments.prompting(tokenizer, data, 0, task)})
+
+    def label_words() -> dict:  # the zero-shot model's preference between the two words, no decoding
+        scores = llm.label_word_scores(llm.load_llm(), tokenizer, data["test"]["prompt"], sst2_generation.LABEL_WORDS)
+        right = (scores.argmax(-1) == torch.tensor(data["test"]["label"])).tolist()
+        return {"accuracy": sum(right) / len(right), "correct": right}
+
+    store.get("zero_shot_label_words", label_words)
+    llm_grids(store, task, data, tokenizer)
 
 
 JOBS = {"fusion_comparison": fusion_comparison, "lora_sweep": lora_sweep, "prefix_lengths": prefix_lengths,
         "prefix_methods": prefix_methods, "prefix_seed0": prefix_seed0, "full_ft_update_spectrum": full_ft_update_spectrum,
         "fusion_heatmap": fusion_heatmap}
 RESUMABLE = {"protocol_sentiment": protocol_sentiment, "protocol_sst2": protocol_sst2,
-             "transfer_routing": transfer_routing, "length_tradeoff": length_tradeoff, "llm_tickets": llm_tickets}
+             "transfer_routing": transfer_routing, "length_tradeoff": length_tradeoff, "llm_tickets": llm_tickets,
+             "llm_sst2": llm_sst2}
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from datasets import Dataset
 from torch import nn
 from transformers import AutoModel, BertConfig, BertModel, DistilBertConfig, GPT2Config, GPT2LMHeadModel
 
-from peft_teach import data, experiments, models, precomputed, train
+from peft_teach import data, experiments, llm_speed, measure, models, precomputed, protocol, sst2_generation, train
 from peft_teach.methods import adapters, fusion, lora, prefix, prefix_plus, prompts
 from peft_teach.methods.checkpoint import CheckpointError
 from peft_teach.methods.inject import UnknownModuleError, find_modules
@@ -309,10 +309,36 @@ CASES = {
     "checkpoint: config.json lost base_model": (
         lambda tmp_path: lora.load_lora(bert(), edited_checkpoint(tmp_path, "base_model")), CheckpointError,
         "Save the checkpoint again"),
+    "models: a seed given as text": (lambda tmp_path: models.build_classifier(num_labels=2, seed="0"), ValueError,
+                                     "seed=0"),
+    "lora: a seed given as a float": (lambda tmp_path: lora.add_lora(bert(), seed=0.5), ValueError, "seed=0"),
+    "train: set_seed with text": (lambda tmp_path: train.set_seed("0"), ValueError, "set_seed(0)"),
     "models: an empty model name": (lambda tmp_path: models.load_base_model(""), ValueError, "Pass None for the packaged"),
     "adapter: reduction factor above the hidden size": (
         lambda tmp_path: adapters.add_adapter(bert(), "a", adapters.AdapterConfig(reduction_factor=64)), ValueError,
         "Use at most 32"),
+    # ---------------------------------------------------------------- real data and measurements
+    "tsv: columns swapped": (
+        lambda tmp_path: data.load_tsv_task(folder_with(tmp_path, train__tsv="sentence\tlabel\nfine\t1\n")),
+        ValueError, "Add that header line"),
+    "tsv: a label written as text the task does not know": (
+        lambda tmp_path: data.load_tsv_task(folder_with(tmp_path, train__tsv="label\tsentence\ngood\tfine\n")),
+        ValueError, "pass labels=(...)"),
+    "sst2 as generation: unknown source": (lambda tmp_path: sst2_generation.load_sst2_generation("imdb"), ValueError,
+                                           "'glue' downloads"),
+    "sst2 as generation: a single string to score": (
+        lambda tmp_path: sst2_generation.score_answers("positive", [{"label": 1}]), TypeError, "one per phrase"),
+    "timing: a control that is not timed": (
+        lambda tmp_path: measure.compare_times({"a": lambda: 1.0}, control="base"), ValueError, "is not one of the timed"),
+    "timing: reading noise without a control": (
+        lambda tmp_path: measure.beyond_control({"base": 1.0, "lora": 1.1}, "base"), ValueError,
+        "time the reference twice"),
+    "timing: a train step with nothing to train": (
+        lambda tmp_path: measure.train_step_time(frozen(), {"input_ids": tokens(4)}), ValueError, "add a method"),
+    "protocol: an interval from one seed": (
+        lambda tmp_path: protocol.difference_interval([0.8], [0.7, 0.7], 100), ValueError, "at least 2 seeds"),
+    "llm speed: an unknown timed model": (
+        lambda tmp_path: llm_speed.method_models(nn.Linear(2, 2), ("lora", "dora")), ValueError, "choose from"),
     # ---------------------------------------------------------------- saving never destroys files
     "save: into a folder holding the user's config.json": (
         lambda tmp_path: lora.save_lora(lora_model(), folder_with(tmp_path, config__json="{}")), CheckpointError,
@@ -340,5 +366,5 @@ def test_bad_input_is_refused_with_the_fix(case, tmp_path, monkeypatch):
     assert fix in str(caught.value), f"{case}: the message does not say the fix ({fix!r}): {caught.value}"
 
 
-def test_there_are_at_least_40_cases():
-    assert len(CASES) >= 40
+def test_there_are_at_least_90_cases():
+    assert len(CASES) >= 90

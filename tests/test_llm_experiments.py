@@ -138,3 +138,17 @@ def test_summarize_reads_the_stored_comparison():
         assert row is not None, f"{method}: runs missing; python scripts/precompute.py llm_tickets"
         assert row["lr"] in row["grid"] and len(row["runs"]) == len(E.SEEDS)
         assert row["grid"][row["lr"]] == max(row["grid"].values())
+
+
+def test_differences_compare_every_method_with_the_baseline_then_with_each_other():
+    references = tickets.load_tickets(n_train=4, n_validation=4, n_test=40)["test"]
+    right, wrong = list(references["answer"]), ['{"team": "x"}'] * 40
+
+    def row(label, answers):
+        return {"label": label, "runs": [{"test": {"answers": answers}}] * 3}
+
+    summary = {"a": row("A", right), "b": row("B", right), "c": None}  # c: not stored yet, left out
+    rows = E.differences(summary, ("prompting", wrong), references, "all_fields")
+    assert [r[0] for r in rows] == ["A - prompting", "B - prompting", "A - B"]
+    assert rows[0][1:] == (1.0, 1.0, 1.0, "separable")
+    assert rows[2][1:] == (0.0, 0.0, 0.0, "not separable here")

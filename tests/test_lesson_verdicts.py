@@ -1,0 +1,88 @@
+"""The verdicts a lesson's prose states are the ones the comparison helpers compute from the stored runs.
+
+A sentence that ranks two methods, or says they cannot be told apart, is checked here
+against :func:`peft_teach.protocol.tiers` / :func:`~peft_teach.protocol.compare` (encoder)
+and :func:`peft_teach.llm_experiments.differences` (LLM). When the stored runs change, a
+sentence whose verdict no longer holds fails this test instead of staying in the lesson.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from peft_teach import llm_experiments, precomputed, protocol, tickets
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def prose(lesson: str) -> str:
+    """A lesson's markdown as one line per cell, with its line breaks turned into spaces."""
+    path = next((ROOT / "notebooks").glob(f"{lesson}_*.ipynb"))
+    cells = json.loads(path.read_text())["cells"]
+    return "\n".join(" ".join("".join(c["source"]).split()) for c in cells if c["cell_type"] == "markdown")
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    stored = {task: precomputed.load(f"protocol_{task}") for task in ("sentiment", "sst2")}
+    return {task: (protocol.summarize(runs), runs["recipe"]["test_examples"]) for task, runs in stored.items()}
+
+
+def test_lesson_06_tier_sentences_match_the_tiers(encoder):
+    text = prose("06")
+    sentiment, n_sentiment = encoder["sentiment"]
+    sst2, n_sst2 = encoder["sst2"]
+    assert set(protocol.tiers(sentiment, n_sentiment)[0]) == {"full_ft", "pfeiffer", "houlsby", "lora", "prefix_plus"}
+    assert "full fine-tuning, both adapters, LoRA and Prefix-Tuning+ form tier 1" in text
+    assert set(protocol.tiers(sst2, n_sst2)[0]) == set(sst2) - {"soft_prompt", "head_only"}
+    assert "every PEFT method but the soft prompt share tier 1" in text
+
+
+def test_lesson_06_and_03_say_prompt_tuning_is_not_separable_from_head_only(encoder):
+    for summary, n in encoder.values():
+        assert protocol.compare(summary, "soft_prompt", "head_only", n)[3] == "not separable here"
+    assert "neither difference from head-only is separable here" in prose("06")
+    assert "the two are not separable here" in prose("03")
+
+
+def test_lesson_06_does_not_rank_full_fine_tuning_above_the_peft_methods_on_sst2(encoder):
+    summary, n = encoder["sst2"]
+    for method in set(summary) - {"full_ft", "soft_prompt", "head_only"}:
+        assert protocol.compare(summary, "full_ft", method, n)[3] == "not separable here", method
+    assert "cannot say whether a PEFT method falls short of full fine-tuning on SST-2" in prose("06")
+
+
+def test_lesson_07_ticket_sentences_match_the_intervals():
+    runs = precomputed.load("llm_tickets")["runs"]
+    summary = llm_experiments.summarize(runs)
+    baseline = (f"{llm_experiments.FEW_SHOT}-shot", runs[f"few_shot_k{llm_experiments.FEW_SHOT}"]["test"]["answers"])
+    rows = llm_experiments.differences(summary, baseline, tickets.load_tickets()["test"], "all_fields")
+    assert len(rows) == 6 and all(verdict == "separable" for *_, verdict in rows)
+    assert "every difference is separable here" in prose("07")
+
+
+def test_lesson_07_sst2_sentences_match_the_intervals():
+    runs = precomputed.load("llm_sst2")["runs"]
+    task = llm_experiments.SST2
+    summary = llm_experiments.summarize(runs, task)
+    baseline = (f"{llm_experiments.FEW_SHOT}-shot", runs[f"few_shot_k{llm_experiments.FEW_SHOT}"]["test"]["answers"])
+    verdicts = {pair: verdict for pair, *_, verdict in
+                llm_experiments.differences(summary, baseline, task.load()["test"], "accuracy", task)}
+    labels = {method: summary[method]["label"] for method in ("lora", "prefix", "soft_prompt")}
+    assert all(verdicts[f"{label} - 3-shot"] == "separable" for label in labels.values())
+    assert verdicts[f"{labels['lora']} - {labels['prefix']}"] == "separable"
+    assert verdicts[f"{labels['lora']} - {labels['soft_prompt']}"] == "separable"
+    assert verdicts[f"{labels['prefix']} - {labels['soft_prompt']}"] == "not separable here"
+    text = prose("07")
+    assert "Every method beats 3-shot prompting by a separable margin" in text
+    assert "the prefix and the soft prompt are not separable here" in text
+    # across the two models, the verdicts the reading states
+    encoder = protocol.summarize(precomputed.load("protocol_sst2"))
+    llm_lora = [run["test"]["scores"]["accuracy"] for run in summary["lora"]["runs"]]
+    verdict = {method: protocol.verdict(*protocol.difference_interval(llm_lora, encoder[method]["test"], 1000)[1:])
+               for method in ("full_ft", "lora")}
+    assert verdict == {"full_ft": "not separable here", "lora": "separable"}
+    assert "MiniLM fully fine-tuned are not separable here" in text
