@@ -118,3 +118,20 @@ def test_the_heatmap_answer_comes_from_the_stored_fusion_and_only_one_adapter_is
     assert set(labels.tolist()) == set(range(len(classes)))
     verdicts = [lesson_02.q5.check(name) for name in adapter_names]
     assert verdicts.count(CORRECT) == 1 and verdicts.count(INCORRECT) == len(adapter_names) - 1
+
+
+def test_a_right_answer_in_float32_passes_a_float64_reference_and_a_wrong_one_names_the_gap():
+    from peft_teach.questions import lesson_06
+
+    def mean_and_std(accuracies):
+        accuracies = accuracies.float()  # the learner computes in float32
+        return torch.stack([accuracies.mean(dim=1), accuracies.std(dim=1)], dim=1)
+
+    assert lesson_06.q1.check(mean_and_std) == CORRECT
+    assert lesson_06.q3.check(lambda scores: (scores / scores.sum(1, keepdim=True)).float() @ lesson_06.CORNERS.float()) == CORRECT
+
+    def population_std(accuracies):
+        return torch.stack([accuracies.mean(dim=1), accuracies.std(dim=1, correction=0)], dim=1)
+
+    status, message = lesson_06.q1._grade(population_std)
+    assert status == INCORRECT and "largest difference" in message
