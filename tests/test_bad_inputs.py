@@ -42,7 +42,7 @@ def short_gpt2_lm_with_prompt(length: int = 3) -> GPT2LMHeadModel:
 
 
 def tokens(length: int) -> torch.Tensor:
-    return torch.randint(1, 100, (1, length))
+    return torch.randint(1, 100, (1, length), generator=torch.Generator().manual_seed(length))
 
 
 def with_adapters(*names: str, placement: str = "pfeiffer") -> SequenceClassifier:
@@ -268,7 +268,7 @@ CASES = {
         lambda tmp_path: short_gpt2_lm_with_prompt()(input_ids=tokens(14)), ValueError, "truncation=True"),
     "prompt: generation runs past the model's positions": (
         lambda tmp_path: short_gpt2_lm_with_prompt().generate(input_ids=tokens(10), max_new_tokens=8,
-                                                              do_sample=False, pad_token_id=0),
+                                                              min_new_tokens=8, do_sample=False, pad_token_id=0),
         ValueError, "max_new_tokens=..."),
     "prompt: classifier input + prompt longer than BERT's positions": (
         lambda tmp_path: [prompts.add_soft_prompt(m := bert(), 3), m(input_ids=tokens(63))], ValueError,
