@@ -38,6 +38,7 @@ from peft_teach.measure import (
     hidden_state_loss,
     latency,
     ratios,
+    training_memory,
 )
 from peft_teach.methods.lora import add_lora, lora_layers, merge_lora
 from peft_teach.methods.prefix import add_prefix
@@ -191,6 +192,26 @@ def design_space_batches(tokenizer) -> dict[str, dict[str, torch.Tensor]]:
     train = next(iter(make_loader(data["train"], tokenizer, batch_size=16)))
     wide = next(iter(make_loader(data["validation"], tokenizer, batch_size=32)))
     return {"batch 1": {k: v[:1] for k, v in train.items()}, "batch 32": wide, "train": train}
+
+
+def design_space_memory_batch(tokenizer, batch_size: int) -> dict[str, torch.Tensor]:
+    """The batch lesson 06 counts training memory on: the first ``batch_size`` training reviews, unshuffled."""
+    from peft_teach.data import load_task
+    from peft_teach.train import make_loader
+
+    return next(iter(make_loader(load_task("sentiment")["train"], tokenizer, batch_size=batch_size)))
+
+
+def method_memory(batch: dict[str, torch.Tensor], num_labels: int = 2) -> dict[str, dict[str, int]]:
+    """Counted bytes of one training step (:func:`peft_teach.measure.training_memory`) for every protocol method.
+
+    Counted, not timed: the same batch gives the same bytes on any CPU, so a stored count
+    (``make precompute``, job ``design_space_memory``) can stand in for a slow one.
+    """
+    from peft_teach import protocol
+
+    return {method: training_memory(protocol.build_method(method, num_labels, seed=0), batch)
+            for method in protocol.METHODS}
 
 
 def method_models(num_labels: int = 2) -> dict[str, nn.Module]:

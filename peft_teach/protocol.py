@@ -87,16 +87,18 @@ def build_method(method: str, num_labels: int, seed: int) -> nn.Module:
     return model
 
 
-def run(method: str, data: DatasetDict, lr: float, seed: int, tokenizer, budget: dict | None = None) -> dict:
+def run(method: str, data: DatasetDict, lr: float, seed: int, tokenizer, budget: dict | None = None,
+        head_lr: float = HEAD_LR) -> dict:
     """Train ``method`` once under the protocol; the curve on validation and the final test accuracy."""
     model = build_method(method, len(data["train"].features["label"].names), seed)
-    return fit(model, data, lr, seed, tokenizer, budget=budget, head_apart=METHODS[method].train_head_apart)
+    return fit(model, data, lr, seed, tokenizer, budget=budget, head_apart=METHODS[method].train_head_apart,
+               head_lr=head_lr)
 
 
 def fit(model: nn.Module, data: DatasetDict, lr: float, seed: int, tokenizer, budget: dict | None = None,
-        head_apart: bool = True, extra_loss=None) -> dict:
-    """Train what ``model`` marks trainable (the head at HEAD_LR if ``head_apart``); the numbers stored per run."""
-    history = train(model, tokenizer, data, lr=lr, seed=seed, head_lr=HEAD_LR if head_apart else None,
+        head_apart: bool = True, extra_loss=None, head_lr: float = HEAD_LR) -> dict:
+    """Train what ``model`` marks trainable (the head at ``head_lr`` if ``head_apart``); the numbers stored per run."""
+    history = train(model, tokenizer, data, lr=lr, seed=seed, head_lr=head_lr if head_apart else None,
                     extra_loss=extra_loss, **(budget or BUDGET))
     return {"lr": lr, "seed": seed, "trainable": history.trainable_parameters,
             "validation_curve": history.eval_accuracy, "validation": history.final_accuracy,
@@ -157,7 +159,7 @@ def verdict(lower: float, upper: float) -> str:
 
 
 def difference_interval(tests_a: list[float], tests_b: list[float], test_examples: int, resamples: int = 4000,
-                        level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+                        level: float = 0.95, seed: int = 0, min_seeds: int = 2) -> tuple[float, float, float]:
     """Mean test accuracy of A minus B, with an interval covering the seeds *and* the test set's sampling.
 
     ``tests_a`` / ``tests_b`` hold one test accuracy per seed (what the protocol stores).
@@ -167,9 +169,9 @@ def difference_interval(tests_a: list[float], tests_b: list[float], test_example
     is wider than a paired one would be. A "separable" here is safe; a "not separable
     here" may be the test set's size speaking. Returns ``(difference, lower, upper)``.
     """
-    if len(tests_a) < 2 or len(tests_b) < 2:
-        raise ValueError("Each side needs the test accuracies of at least 2 seeds to show the seed spread; "
-                         f"got {len(tests_a)} and {len(tests_b)}.")
+    if len(tests_a) < min_seeds or len(tests_b) < min_seeds:
+        raise ValueError(f"Each side needs the test accuracies of at least {min_seeds} seeds to show the seed spread; "
+                         f"got {len(tests_a)} and {len(tests_b)}. For one run a side, use single_run_interval.")
     generator = torch.Generator().manual_seed(seed)
     draws = []
     for tests in (tests_a, tests_b):
@@ -181,6 +183,16 @@ def difference_interval(tests_a: list[float], tests_b: list[float], test_example
     tail = (1 - level) / 2
     lower, upper = torch.quantile(differences, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
     return statistics.mean(tests_a) - statistics.mean(tests_b), lower, upper
+
+
+def single_run_interval(accuracy_a: float, accuracy_b: float, examples: int) -> tuple[float, float, float]:
+    """A minus B for one run a side: an interval over the evaluation examples' sampling only.
+
+    One seed a side shows no seed spread, so this interval is narrower than
+    :func:`difference_interval`'s: its "not separable here" is safe, its "separable" is
+    not yet a rank (more seeds could still erase it).
+    """
+    return difference_interval([accuracy_a], [accuracy_b], examples, min_seeds=1)
 
 
 def compare(summary: dict[str, dict], first: str, second: str, test_examples: int) -> tuple[float, float, float, str]:
@@ -209,6 +221,31 @@ def tiers(summary: dict[str, dict], test_examples: int) -> list[list[str]]:
 def tier_of(tiers_found: list[list[str]], method: str) -> int:
     """1 for the top tier, 2 for the next, ..."""
     return next(i for i, tier in enumerate(tiers_found, start=1) if method in tier)
+
+
+HEAD_RATE_CHECK = 1e-2  # the other head rate tried, on SST-2 (precompute job head_rate_sst2)
+
+
+def head_rate_check(summary: dict[str, dict], head_runs: dict[str, dict], validation_examples: int) -> dict[str, dict]:
+    """Does the head's rate matter? Per method of ``summary``: its seed-0 run at the chosen rate with the head at
+    :data:`HEAD_LR`, against the same run with the head at :data:`HEAD_RATE_CHECK` (``head_runs``, keyed like the
+    protocol's runs). The difference is in *validation* accuracy, where a rate is chosen."""
+    rows = {}
+    for method, row in summary.items():
+        other = head_runs.get(f"{method}|lr={row['lr']:g}|seed={SEEDS[0]}")
+        if other is None:
+            continue  # not stored (yet), or a method without a separate head
+        mine = row["runs"][0]
+        difference, lower, upper = single_run_interval(other["validation"], mine["validation"], validation_examples)
+        rows[method] = {"validation": (mine["validation"], other["validation"]), "test": (mine["test"], other["test"]),
+                        "difference": difference, "interval": (lower, upper), "verdict": verdict(lower, upper)}
+    return rows
+
+
+def head_rate_choice(rows: dict[str, dict]) -> float:
+    """The protocol keeps :data:`HEAD_LR` unless the other rate is separably better on validation for some method."""
+    better = [m for m, row in rows.items() if row["verdict"] == "separable" and row["difference"] > 0]
+    return HEAD_RATE_CHECK if better else HEAD_LR
 
 
 def save_for_task(method: str, model: nn.Module, folder) -> int:

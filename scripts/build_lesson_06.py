@@ -76,21 +76,54 @@ same rules, written once in `peft_teach.protocol`:
 | reported | **test** accuracy at the chosen rate, mean ± *sample* std (ddof = 1) over the 3 seeds |
 
 Choosing on validation and reporting on test matters: the best of three learning rates *on the test set*
-would flatter every method a little, and the noisiest methods the most."""),
-("code", """print(f"budget {protocol.BUDGET}, seeds {protocol.SEEDS}, head learning rate {protocol.HEAD_LR}")
-for method, spec in protocol.METHODS.items():
-    print(f"{method:<12} {spec.label:<22} learning-rate grid {spec.lr_grid}")"""),
-("md", """### The learning-rate grid, on validation
+would flatter every method a little, and the noisiest methods the most.
+
+### The learning-rate grid, on validation
 
 Each cell is the final validation accuracy of seed 0; the chosen rate is marked `*`. A method whose best rate
 sits at the edge of its grid might do better outside it: the grid is small because each cell is a full training run."""),
-("code", """for task, summary in results.items():
+("code", """print(f"budget {protocol.BUDGET}, seeds {protocol.SEEDS}, head learning rate {protocol.HEAD_LR}")
+for method, spec in protocol.METHODS.items():
+    print(f"{method:<12} {spec.label:<22} learning-rate grid {spec.lr_grid}")
+
+for task, summary in results.items():
     print(f"--- {stored[task]['recipe']['task']}")
     print(protocol.format_grid(summary))"""),
-("md", """### Did every method converge?
+("md", """### Does the head's rate matter?
+
+Every method trains its new classifier head at the same rate, 3e-3. Would another head rate have changed the
+SST-2 table? Each method's seed-0 run at its chosen rate was trained again with the head at 1e-2
+(`make precompute`, job `head_rate_sst2`). One run a side: the interval covers the sampling of the 500
+validation sentences, not the seeds, so a "not separable here" is safe and a "separable" is a hint, not a rank.
+The protocol keeps 3e-3 unless 1e-2 is separably better on validation for some method."""),
+("code", """try:
+    head_runs = precomputed.load("head_rate_sst2")["runs"]
+except FileNotFoundError:
+    head_runs = {}
+head_rows = protocol.head_rate_check(results["sst2"], head_runs, stored["sst2"]["recipe"]["validation_examples"])
+print(f"SST-2 validation, seed 0: head at {protocol.HEAD_LR:g} / {protocol.HEAD_RATE_CHECK:g}, difference, interval")
+for method, row in head_rows.items():
+    (mine, other), (lower, upper) = row["validation"], row["interval"]
+    print(f"{results['sst2'][method]['label']:<22} {mine:.3f} / {other:.3f}  {row['difference']:+.3f} "
+          f"[{lower:+.3f}, {upper:+.3f}]  {row['verdict']}")
+with_head = [m for m, spec in protocol.METHODS.items() if spec.train_head_apart]
+if len(head_rows) == len(with_head):
+    print(f"head rate the protocol keeps: {protocol.head_rate_choice(head_rows):g}")
+else:  # the job stores each run as it finishes; the choice waits for all of them
+    print(f"{len(head_rows)} of {len(with_head)} methods stored; the rest: python scripts/precompute.py head_rate_sst2")"""),
+("md", """**Reading.** The head's rate does not decide this table. With the head at 1e-2, validation accuracy moves by
+-0.016 (prefix + MLP) to +0.010 (LoRA), four methods do not move at all, and every difference is not separable
+here: the protocol keeps 3e-3. The intervals are wide (about ±0.05), because one run a side is compared on 500
+sentences. So the check rules out a large effect of the head's rate, not a small one.
+
+### Did every method converge?
 
 Validation accuracy after each epoch, at the chosen learning rate (the three seeds). A curve still climbing at
-epoch 4 means the budget, not the method, limits that number."""),
+epoch 4 means the budget, not the method, limits that number.
+
+A method still climbing gets one more run, stored by the precompute: seed 0 at its chosen rate with 4x the
+epochs. It is reported, never swapped into the table: it is one seed, and a longer budget for one method only
+would break the same-budget rule. It answers one question: did the budget hold the method back?"""),
 ("code", """fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
 for ax, (task, summary) in zip(axes, results.items()):
     plot_seed_curves(ax, summary, colors=COLOR)
@@ -103,19 +136,18 @@ plt.show()
 
 for task, summary in results.items():
     still_climbing = [row["label"] for row in summary.values() if protocol.still_climbing(row["curves"])]
-    print(f"{task}: still gaining > 1 point in the last epoch (mean of seeds): {still_climbing or 'none'}")"""),
-("md", """A method still climbing gets one more run, stored by the precompute: seed 0 at its chosen rate with 4x the
-epochs. It is reported, never swapped into the table: it is one seed, and a longer budget for one method only
-would break the same-budget rule. It answers one question: did the budget hold the method back?"""),
-("code", """for task, summary in results.items():
+    print(f"{task}: still gaining > 1 point in the last epoch (mean of seeds): {still_climbing or 'none'}")
+
+for task, summary in results.items():
     print(f"--- {task}: seed 0 at the budget vs seed 0 with {protocol.PROBE_EPOCHS} epochs")
     print(protocol.format_probes(summary))"""),
 ("md", """## 2. Capacity: test accuracy under the protocol
 
 The table puts the two tasks side by side: `sentiment` (generated reviews, negation and contrast decide the
 label) and 1,200 real SST-2 movie-review sentences (the same budget). The real data is precomputed only: you
-would get it online with `load_glue("sst2")`."""),
-("md", """Two methods are only ranked when their difference is larger than the noise. Here the noise has two sources:
+would get it online with `load_glue("sst2")`.
+
+Two methods are only ranked when their difference is larger than the noise. Here the noise has two sources:
 the seeds, and the test set, a sample of the sentences we could have drawn (600 generated, 1,000 SST-2). For each
 pair, `protocol.difference_interval` draws a seed of each side and redraws its accuracy on a fresh test set of the
 same size, 4,000 times; the 95 % interval of the difference either excludes 0 ("separable") or not ("not
@@ -137,8 +169,9 @@ print(f"{'method':<22} {'trainable':>10} | {'sentiment: test, tier':<21} | {'SST
 for method, row in results["sentiment"].items():
     print(f"{row['label']:<22} {row['trainable']:>10,} | {cell('sentiment', method)} | {cell('sst2', method)}")
 for task, found in tiers.items():
-    print(f"{task}: " + "  >  ".join(" = ".join(protocol.METHODS[m].label for m in tier) for tier in found))"""),
-("code", """fig, ax = plt.subplots(figsize=(7, 4))
+    print(f"{task}: " + "  >  ".join(" = ".join(protocol.METHODS[m].label for m in tier) for tier in found))
+
+fig, ax = plt.subplots(figsize=(7, 4))
 for marker, (task, summary) in zip(("o", "s"), results.items()):
     for method, row in summary.items():
         ax.errorbar(row["trainable"], row["mean"], yerr=row["std"], fmt=marker, color=COLOR[method], capsize=3,
@@ -185,28 +218,9 @@ for method, parts in memory.items():
     mb = {k: v / 2**20 for k, v in parts.items()}
     print(f"{protocol.METHODS[method].label:<22} {mb['weights']:>9.1f} {mb['gradients']:>10.2f} {mb['optimizer_state']:>9.2f} "
           f"{mb['activations']:>12.1f} {storage[method] / 2**20:>10.2f}")
-print("(MiB; one batch of 16 training reviews)")"""),
-("md", """On a GPU, PyTorch's allocator also keeps a peak, `torch.cuda.max_memory_allocated`
-(`peft_teach.measure.cuda_peak_memory`). It is a different number: it includes temporary buffers that live
-only inside one operation, and the allocator's rounding, but no optimizer state here (one forward and
-backward, no step). The CPU keeps no such counter, which is why the table above counts bytes instead."""),
-("code", """# NBVAL_IGNORE_OUTPUT
-if torch.cuda.is_available():
-    gpu = torch.device("cuda")
-    on_gpu = {k: v.to(gpu) for k, v in batch.items()}
-    for method in protocol.METHODS:
-        model = protocol.build_method(method, num_labels=2, seed=0).to(gpu).train()
+print("(MiB; one batch of 16 training reviews)")
 
-        def forward_backward():
-            logits = model(input_ids=on_gpu["input_ids"], attention_mask=on_gpu["attention_mask"])
-            torch.nn.functional.cross_entropy(logits, on_gpu["labels"]).backward()
-
-        peak = cuda_peak_memory(forward_backward, gpu)
-        print(f"{protocol.METHODS[method].label:<22} GPU peak beyond the weights: {peak / 2**20:8.1f} MiB")
-        del model
-else:
-    print("No GPU here: torch.cuda.max_memory_allocated needs one. The counted bytes above hold on any device.")"""),
-("code", """labels = [protocol.METHODS[m].label for m in memory]
+labels = [protocol.METHODS[m].label for m in memory]
 bottom = np.zeros(len(memory))
 fig, ax = plt.subplots(figsize=(9, 3.8))
 for part, color in (("gradients", "C1"), ("optimizer_state", "C2"), ("activations", "C3")):
@@ -230,7 +244,28 @@ plt.show()"""),
   only the weight itself. Only head-only training, whose trainable parameters sit *above* the whole frozen
   network, keeps almost nothing.
 - **The soft prompt keeps more than full fine-tuning.** Its l = 20 extra positions make every layer's
-  sequence longer, and on short reviews that costs more than the frozen linear layers save."""),
+  sequence longer, and on short reviews that costs more than the frozen linear layers save.
+
+On a GPU, PyTorch's allocator also keeps a peak, `torch.cuda.max_memory_allocated`
+(`peft_teach.measure.cuda_peak_memory`). It is a different number: it includes temporary buffers that live
+only inside one operation, and the allocator's rounding, but no optimizer state here (one forward and
+backward, no step). The CPU keeps no such counter, which is why the table above counts bytes instead."""),
+("code", """# NBVAL_IGNORE_OUTPUT
+if torch.cuda.is_available():
+    gpu = torch.device("cuda")
+    on_gpu = {k: v.to(gpu) for k, v in batch.items()}
+    for method in protocol.METHODS:
+        model = protocol.build_method(method, num_labels=2, seed=0).to(gpu).train()
+
+        def forward_backward():
+            logits = model(input_ids=on_gpu["input_ids"], attention_mask=on_gpu["attention_mask"])
+            torch.nn.functional.cross_entropy(logits, on_gpu["labels"]).backward()
+
+        peak = cuda_peak_memory(forward_backward, gpu)
+        print(f"{protocol.METHODS[method].label:<22} GPU peak beyond the weights: {peak / 2**20:8.1f} MiB")
+        del model
+else:
+    print("No GPU here: torch.cuda.max_memory_allocated needs one. The counted bytes above hold on any device.")"""),
 ("md", """## 4. Speed: ratios, measured interleaved
 
 A timing on a shared or laptop machine drifts: other programs, clock changes. So we never compare two numbers
@@ -252,7 +287,12 @@ for row in ("batch 1", "batch 32", "train step", "fusion batch 32"):
     print(f"{row}: {control_note(live_speed[row])}")"""),
 ("md", """The same measurement, run once with 7 rounds on an idle 2-core CPU by `make benchmark`, is stored with the
 course (`peft_teach/precomputed/method_speed.json`). The rest of this lesson reads the stored ratios, so that its
-triangle and decision guide are the same for every reader; compare them with yours above."""),
+triangle and decision guide are the same for every reader; compare them with yours above.
+
+**How much of this is noise?** Every run times its reference twice: the row `control` is the base model's
+forward (and full fine-tuning's step) against itself, in the same shuffled rounds. Two identical timings that land
+away from 1.00 show the run's noise; a method closer to 1.00 than the control is not told apart from the reference
+by this run (`measure.beyond_control`). Full fine-tuning's forward is the base model's too, a second control."""),
 ("code", """stored_speed = precomputed.load("method_speed")
 speed = stored_speed["results"]
 print(f"stored on {stored_speed['machine']['threads']} threads, torch {stored_speed['machine']['torch']}, "
@@ -260,8 +300,9 @@ print(f"stored on {stored_speed['machine']['threads']} threads, torch {stored_sp
 print(f"{'method':<14} {'infer b=1':>10} {'infer b=32':>11} {'train step':>11}")
 for method in speed["batch 1"]:
     print(f"{method:<14} {speed['batch 1'][method]:>10.2f} {speed['batch 32'][method]:>11.2f} "
-          f"{speed['train step'].get(method, float('nan')):>11.2f}")"""),
-("code", """fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+          f"{speed['train step'].get(method, float('nan')):>11.2f}")
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
 names = list(speed["batch 1"])
 axes[0].bar(np.arange(len(names)) - 0.2, [speed["batch 1"][m] for m in names], 0.4, label="batch 1")
 axes[0].bar(np.arange(len(names)) + 0.2, [speed["batch 32"][m] for m in names], 0.4, label="batch 32")
@@ -275,12 +316,9 @@ axes[1].axhline(1.0, color="grey", lw=0.8)
 axes[1].set_xticks(range(len(train_names)), train_names, rotation=35, ha="right", fontsize=8)
 axes[1].set_title("training step / full fine-tuning step (stored)")
 plt.tight_layout()
-plt.show()"""),
-("md", """**How much of this is noise?** Every run times its reference twice: the row `control` is the base model's
-forward (and full fine-tuning's step) against itself, in the same shuffled rounds. Two identical timings that land
-away from 1.00 show the run's noise; a method closer to 1.00 than the control is not told apart from the reference
-by this run (`measure.beyond_control`). Full fine-tuning's forward is the base model's too, a second control."""),
-("code", """for row_name, reference in (("batch 1", "head_only"), ("batch 32", "head_only"), ("train step", "full_ft")):
+plt.show()
+
+for row_name, reference in (("batch 1", "head_only"), ("batch 32", "head_only"), ("train step", "full_ft")):
     resolved = beyond_control(speed[row_name], reference)
     print(f"{row_name}: control {speed[row_name]['control']:.2f}; beyond it: "
           + ", ".join(f"{m} {r:.2f}" for m, r in resolved.items()))
@@ -294,22 +332,25 @@ Houlsby's two adapters per layer cost most at batch 1; every other unmerged meth
 control; merged LoRA has the base model's shape, and the control cannot tell its latency from the base model's. In training, head-only is by far the
 cheapest step (no backward pass through the encoder), and every other PEFT method costs a bit more than half a
 full fine-tuning step: the backward pass through the frozen network remains, only the weight gradients and the
-optimizer's work shrink. The soft prompt's step is again the dearest of the PEFT methods, for the same reason."""),
-("md", """**Fusion grows with the number of adapters.** AdapterFusion runs *all* its adapters in every layer, then
+optimizer's work shrink. The soft prompt's step is again the dearest of the PEFT methods, for the same reason.
+
+**Fusion grows with the number of adapters.** AdapterFusion runs *all* its adapters in every layer, then
 attends over their outputs, so its cost should grow linearly with N. Adapter weights do not change the
 arithmetic, so random ones are enough to time it (`peft_teach.benchmark.fusion_speed`; the stored run, and
-yours above)."""),
-("code", """fusion_ratio = speed["fusion batch 32"]
-print("inference latency / base, batch 32:", {k: round(v, 2) for k, v in fusion_ratio.items()})
-slope = np.polyfit(range(1, 5), [fusion_ratio[f"fusion N={n}"] for n in range(1, 5)], 1)[0]
-print(f"each extra fused adapter adds about {slope:.2f} x the base model's forward pass")"""),
-("md", """### Against the production twins
+yours above).
+
+### Against the production twins
 
 Are our implementations as fast as the libraries people use? `make benchmark` times each of ours against its
 twin on the same weights, interleaved in one run: LoRA, prompt tuning and prefix tuning against `peft`, the
 bottleneck adapter against AdapterHub (in its own environment). The target is a ratio ≤ 1.05. The stored run
 is shown here (its machine is printed with it)."""),
-("code", """try:
+("code", """fusion_ratio = speed["fusion batch 32"]
+print("inference latency / base, batch 32:", {k: round(v, 2) for k, v in fusion_ratio.items()})
+slope = np.polyfit(range(1, 5), [fusion_ratio[f"fusion N={n}"] for n in range(1, 5)], 1)[0]
+print(f"each extra fused adapter adds about {slope:.2f} x the base model's forward pass")
+
+try:
     twins = precomputed.load("twin_benchmark")
 except FileNotFoundError:
     twins = {}
@@ -333,19 +374,18 @@ on your own idle machine before you trust a small ratio either way."""),
 PEFT overviews often draw the methods in a triangle whose corners are the three things you can want:
 **Capacity** (accuracy), **Memory** (little of it to train) and **Speed** (fast to train and to run). Before any
 picture, here are the three measurements it would compress, each with what it depends on: accuracy with its
-tier (section 2), memory counted exactly at two batch sizes (16 and 128 reviews of the generated task, the same
-input lengths), and the stored speed ratios with their control (section 4)."""),
+tier (section 2), memory counted exactly at two batch sizes (16 reviews of the generated task, counted in section
+3, and 128, counted the same way by `make precompute` because it takes a minute and a half on a 2-core CPU), and the
+stored speed ratios with their control (section 4)."""),
 ("code", """methods = list(protocol.METHODS)
 head, full = "head_only", "full_ft"
-big_batch = next(iter(make_loader(data["train"], tokenizer, batch_size=128)))
-memory_128 = {}
-for method in methods:
-    model = protocol.build_method(method, num_labels=2, seed=0)
-    memory_128[method] = training_memory(model, big_batch)
-    del model
+# batch 128 is counted by `make precompute` (job design_space_memory): bytes, so the same on any CPU
+stored_memory = precomputed.load("design_space_memory")["results"]
+memory_128, shape_128 = stored_memory["128"]["bytes"], tuple(stored_memory["128"]["shape"])
 total = {16: {m: sum(memory[m].values()) for m in methods}, 128: {m: sum(memory_128[m].values()) for m in methods}}
 extra = {m: total[16][m] - memory[m]["weights"] for m in methods}  # what training adds to the weights (batch 16)
-print(f"batches: {tuple(batch['input_ids'].shape)} and {tuple(big_batch['input_ids'].shape)} (reviews, tokens)")
+print(f"batches: {tuple(batch['input_ids'].shape)} (counted above) and {shape_128} (stored) (reviews, tokens)")
+print("stored batch-16 counts equal the ones counted above:", stored_memory["16"]["bytes"] == memory)
 print(f"{'method':<22} {'SST-2 test':>15} {'tier':>4} {'memory b16':>11} {'memory b128':>12} {'infer b32':>9} {'step':>6}")
 for m in methods:
     row = results["sst2"][m]
@@ -365,7 +405,14 @@ print(f"speed controls: inference {speed['batch 32']['control']:.2f}, train step
 A point is the normalised triple $(C, M, S) / (C + M + S)$, used as weights of the three corners. This is one view
 among several, and a fragile one: each score depends on the baselines, the batch and the task (watch the memory
 axis move between the two batch sizes), and the normalisation hides the sum, so a method good at everything and
-one bad at everything both sit in the middle. Read it beside the table above, never instead of it."""),
+one bad at everything both sit in the middle. Read it beside the table above, never instead of it.
+
+**The usual placements, against ours.** The same overviews put adapters near the Capacity corner, LoRA on the
+Capacity–Memory edge, and prompts near the Speed corner. Each claim becomes a test on the weights: "near a
+corner" means that corner has the largest weight; "on an edge" means the corner left out has the smallest. A
+verdict must survive the uncertainty: we recompute it with the accuracy moved by one sample std either way, the
+speed ratios moved by the control's distance either way, and memory at both batch sizes. The same answer in all
+eight cases is "holds" or "does not hold"; anything else is "unresolved"."""),
 ("code", """def capacity_of(m: str, shift: float = 0.0) -> float:
     # shift moves the method's accuracy by `shift` sample stds: the seed spread's effect on C
     return float(np.mean([np.clip((results[t][m]["mean"] + shift * results[t][m]["std"] - results[t][head]["mean"]) /
@@ -407,14 +454,9 @@ ax.set_axis_off()
 ax.set_title("One view: filled at batch 16, hollow at batch 128 (memory moves with the batch)", fontsize=10)
 ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
 plt.tight_layout()
-plt.show()"""),
-("md", """**The usual placements, against ours.** The same overviews put adapters near the Capacity corner, LoRA on the
-Capacity–Memory edge, and prompts near the Speed corner. Each claim becomes a test on the weights: "near a
-corner" means that corner has the largest weight; "on an edge" means the corner left out has the smallest. A
-verdict must survive the uncertainty: we recompute it with the accuracy moved by one sample std either way, the
-speed ratios moved by the control's distance either way, and memory at both batch sizes. The same answer in all
-eight cases is "holds" or "does not hold"; anything else is "unresolved"."""),
-("code", """CORNERS = ("Capacity", "Memory", "Speed")
+plt.show()
+
+CORNERS = ("Capacity", "Memory", "Speed")
 
 
 def placement_holds(w: np.ndarray, claim: str) -> bool:
@@ -502,11 +544,16 @@ for constraint, winner in guide.items():
 the speed rows the fastest method and every method within the control's distance of it
 (`measure.fastest_within_control`): a tie that the data cannot split is printed as one. The memory and disk rows
 are counted bytes, so their winners are exact. On SST-2 the accuracy rows name almost every method: at this
-budget, accuracy is not what decides between them."""),
-("md", """### Common claims, against our measurements
+budget, accuracy is not what decides between them.
+
+### Common claims, against our measurements
 
 Each row: a claim you will meet, and what this lesson measured on MiniLM (22.7M parameters). The cell prints
-the measured side, so the verdict is yours to read; on a larger model the answers can differ."""),
+the measured side, so the verdict is yours to read; on a larger model the answers can differ.
+
+### Real sentences beside generated ones
+
+Does the generated task's verdict hold on real data? The ranks of section 2 answer it method by method:"""),
 ("code", """s, r = results["sentiment"], results["sst2"]
 
 
@@ -531,11 +578,9 @@ rows = [
                                          f"LoRA {speed['train step']['lora']:.2f}, head-only {speed['train step']['head_only']:.2f}"),
 ]
 for claim, measured in rows:
-    print(f"- {claim}\\n    measured: {measured}")"""),
-("md", """### Real sentences beside generated ones
+    print(f"- {claim}\\n    measured: {measured}")
 
-Does the generated task's verdict hold on real data? The ranks of section 2 answer it method by method:"""),
-("code", """for method in results["sentiment"]:
+for method in results["sentiment"]:
     if method in results["sst2"]:
         a, b = (protocol.tier_of(tiers[task], method) for task in ("sentiment", "sst2"))
         note = "the same tier" if a == b else ("a higher tier on SST-2" if b < a else "a lower tier on SST-2")
@@ -585,13 +630,18 @@ batch 16, its own learning rate chosen on validation, test mean ± sample std ov
 
 These runs took 11,575 s of wall time on a 2-core CPU, spread over several sessions: `make precompute` stores each
 one as it finishes and resumes from there. The cells below print what is stored (and "not precomputed yet" for
-anything missing, should you delete runs to recompute them)."""),
+anything missing, should you delete runs to recompute them). After the learning curves, a table puts the common
+claims beside our measurements: accuracies and parameter counts from the stored transfer runs, the inference row
+from section 4's stored timings."""),
 ("code", """try:
     routing_runs = precomputed.load("transfer_routing")
 except FileNotFoundError:
     routing_runs = {"runs": {}}
 shared = transfer.summarize(routing_runs)
-print(protocol.format_results(shared["methods"]) if shared["methods"] else "not precomputed yet")"""),
+print(protocol.format_results(shared["methods"]) if shared["methods"] else "not precomputed yet")
+
+# the protocol's convergence test, and the slower trend: gain over the last four epochs (mean of seeds)
+print(protocol.format_convergence(shared["methods"]) if shared["methods"] else "not precomputed yet")"""),
 ("code", """fig, ax = plt.subplots(figsize=(7.5, 3.6))
 if not shared["methods"]:
     ax.text(0.5, 0.5, "no transfer runs stored yet", ha="center", transform=ax.transAxes)
@@ -604,10 +654,6 @@ if shared["methods"]:
     ax.legend(fontsize=7, loc="lower right")
 plt.tight_layout()
 plt.show()"""),
-("code", """# the protocol's convergence test, and the slower trend: gain over the last four epochs (mean of seeds)
-print(protocol.format_convergence(shared["methods"]) if shared["methods"] else "not precomputed yet")"""),
-("md", """The table below puts those common claims beside our measurements: accuracies and parameter counts from the
-stored transfer runs, the inference row from section 4's stored timings."""),
 ("code", """m = shared["methods"]
 full = m["full_ft"]["mean"] if "full_ft" in m else float("nan")
 
@@ -633,12 +679,13 @@ for row, (claim, measured) in rows.items():
 95% and "varies"), the single adapter 99% (claim: 90-95%) and multi-task prompt tuning 72% (claim: 85-92%). The
 percentages mean less than they seem. Full fine-tuning on 256 examples is itself weak here (0.902 ± 0.013), so a
 method that brings in 4,800 labelled source reviews can pass it. No method here trips the protocol's
-"still climbing" test (the cell under the curves), but the two prompts are the slowest: they were still gaining
+"still climbing" test (printed under the table), but the two prompts are the slowest: they were still gaining
 about a point over their last four epochs (+0.011 and +0.008), so a longer budget might lift them a little. One transfer effect is clear: the shared prompt
 lifts prompt tuning from 0.544 ± 0.006 (a prompt trained on `routing` alone) to 0.649 ± 0.020 at the same budget,
 the direction Vu et al. (ACL 2022) report for SPoT. Joint training beats fusion, but it keeps training on every
-source task while it learns the target (five batches per step), and must be retrained for every task added."""),
-("md", """**Negative transfer.** Training one adapter on five tasks at once can hurt a task that trains well alone. For
+source task while it learns the target (five batches per step), and must be retrained for every task added.
+
+**Negative transfer.** Training one adapter on five tasks at once can hurt a task that trains well alone. For
 each source task: its test accuracy under joint training, and with its own adapter trained alone for the same
 steps at the same learning rate."""),
 ("code", """for task, pair in shared.get("negative_transfer", {}).items():
@@ -652,8 +699,9 @@ if not shared.get("negative_transfer"):
 aspect and negation 1.000 both ways, topic 0.989 ± 0.003 joint against 0.992 ± 0.001 alone. These generated tasks
 are easy enough that one adapter has room for all five. The usual warning about joint training (Pfeiffer et al., 2021, motivate
 AdapterFusion with it) is about tasks that compete for capacity, and ours do not: the warning is not refuted, only
-not triggered."""),
-("md", """**Knowledge composition.** If fusion really composes what the adapters know, removing the adapter that
+not triggered.
+
+**Knowledge composition.** If fusion really composes what the adapters know, removing the adapter that
 carries what `routing` needs (aspect) should cost much more than removing one it does not need (topic). And if
 the learned attention matters, fusion should beat a plain average of the four adapters."""),
 ("code", """if "fusion" in m:
@@ -670,8 +718,9 @@ the learned attention matters, fusion should beat a plain average of the four ad
 needs, costs fusion 1.3 points (0.967 ± 0.003), while removing `topic`, which it does not need, costs nothing (0.979 ±
 0.003). But the cost is small. The remaining adapters were trained on the same generated reviews, and the fusion layer
 learns from 256 target examples; which of the two makes up for the missing adapter, we did not measure. The learned
-mixing matters far more than any one adapter: a plain average of all four is 32.9 points below fusion."""),
-("md", """**Catastrophic forgetting and the cost of one more task.** Fusion and single adapters never touch what is
+mixing matters far more than any one adapter: a plain average of all four is 32.9 points below fusion.
+
+**Catastrophic forgetting and the cost of one more task.** Fusion and single adapters never touch what is
 already trained: a source adapter gives the same outputs before and after the target is learned, by construction
 (its weights are frozen). Joint training must retrain everything to add or remove a task. Full fine-tuning, run
 sequentially (sentiment, then routing), overwrites the shared weights: its sentiment accuracy before and after
@@ -688,8 +737,9 @@ print(f"adding a task: fusion = 1 new adapter + a new fusion ({steps_alone} step
 ("md", """Sequential full fine-tuning forgets: sentiment scores 0.999 ± 0.001 before routing and 0.622 ± 0.297 after, a
 spread so wide that one seed of the three ends below guessing (lesson 02, section 6, shows each seed). Yet it learns
 routing better than full fine-tuning from the base model, 0.957 ± 0.009 against 0.902 ± 0.013: the sentiment stage
-helps the new task and costs the old one."""),
-("md", """### Fusion beside the other ways to combine tasks, and its limits
+helps the new task and costs the old one.
+
+### Fusion beside the other ways to combine tasks, and its limits
 
 Where does fusion sit among its neighbours? Each point is a property of the mechanism; where this lesson measured
 it, the section is named.
@@ -740,6 +790,8 @@ is the natural choice; for a server that switches tasks per request, unmerged Lo
 - One protocol for every method (same data, budget, seeds; a learning rate per method chosen on validation;
   test mean ± sample std) turns a table of numbers into a comparison; the learning curves say whether the
   budget was enough.
+- The head's learning rate does not decide the SST-2 table: at 1e-2 instead of 3e-3, no method's validation
+  accuracy moves by a separable amount (seed 0, 500 sentences), so the protocol keeps 3e-3.
 - Parameter counts decide gradients, optimizer state and disk per task; they do **not** decide activation
   memory, which depends on how deep the gradient must flow. Counting saved tensors shows it exactly.
 - Speed must be measured as ratios in one interleaved run, in a shuffled order, beside a control (the reference
@@ -757,8 +809,9 @@ is the natural choice; for a server that switches tasks per request, unmerged Lo
 - Four multi-task strategies, measured (section 8): fusion beats every method trained on the target alone and a
   plain average of its adapters, but joint multi-task training, which keeps training on the sources, beats fusion;
   the generated sources show no negative transfer; sequential full fine-tuning forgets, by an amount that varies
-  widely between seeds."""),
-("md", """## Check your understanding
+  widely between seeds.
+
+## Check your understanding
 
 1. Why is the learning rate chosen on validation and the accuracy reported on test? What would change if both
    used the test split?
@@ -768,8 +821,9 @@ is the natural choice; for a server that switches tasks per request, unmerged Lo
    they point to here?
 4. The sample standard deviation over 3 seeds is itself uncertain. Two methods differ by less than one std:
    what would you do before claiming one is better?
-5. Change the capacity score to use only SST-2. Which points move most in the triangle, and why?"""),
-("md", """## Further reading
+5. Change the capacity score to use only SST-2. Which points move most in the triangle, and why?
+
+## Further reading
 
 - J. He et al., *Towards a Unified View of Parameter-Efficient Transfer Learning*, ICLR 2022 (Sec. 3, Fig. 1, Table 1).
 - N. Houlsby et al., *Parameter-Efficient Transfer Learning for NLP*, ICML 2019 (Table 1).

@@ -8,6 +8,8 @@
     python scripts/precompute.py full_ft_update_spectrum  # lesson 05: how low-rank a converged update is
     python scripts/precompute.py fusion_heatmap    # practice 02: a trained fusion's weights on real reviews
     python scripts/precompute.py protocol_sentiment protocol_sst2   # lesson 06: every method under the protocol
+    python scripts/precompute.py design_space_memory  # lesson 06: training memory of every method at batch 16 and 128
+    python scripts/precompute.py head_rate_sst2    # lesson 06: the head at 1e-2 instead of 3e-3 (after protocol_sst2)
     python scripts/precompute.py transfer_routing  # lessons 02 and 06: the target task with and without sources
     python scripts/precompute.py length_tradeoff   # lesson 04: short and long inputs, and a long prefix
     python scripts/precompute.py llm_tickets       # lesson 07: prompting and PEFT methods on the packaged LLM
@@ -32,7 +34,7 @@ import torch
 
 from pathlib import Path
 
-from peft_teach import experiments, lengths, llm, llm_experiments, protocol, sst2_generation, tickets, transfer
+from peft_teach import benchmark, experiments, lengths, llm, llm_experiments, protocol, sst2_generation, tickets, transfer
 from peft_teach.data import SOURCE_TASKS, SST2_SAMPLE, label_names, load_task, load_tsv_task
 from peft_teach.models import load_tokenizer
 from peft_teach.methods import fusion, prefix
@@ -61,6 +63,20 @@ def fusion_comparison(tokenizer) -> tuple[dict, dict]:
               "fusion_lr": experiments.FUSION_LR, "adapter_lr": experiments.ADAPTER_LR,
               "full_ft": experiments.FULL_FT, "seeds": list(seeds),
               "metric": f"test accuracy on the first {experiments.TEST_EXAMPLES} test examples"}
+    return results, recipe
+
+
+MEMORY_BATCH_SIZES = (16, 128)  # lesson 06's triangle: memory moves with the batch
+
+
+def design_space_memory(tokenizer) -> tuple[dict, dict]:
+    """Lesson 06: every method's training memory, counted, at the two batch sizes of its triangle."""
+    results = {}
+    for size in MEMORY_BATCH_SIZES:
+        batch = benchmark.design_space_memory_batch(tokenizer, size)
+        results[str(size)] = {"shape": list(batch["input_ids"].shape), "bytes": benchmark.method_memory(batch)}
+    recipe = {"task": "sentiment", "batch": "the first reviews of the training split, unshuffled", "seed": 0,
+              "metric": "bytes of weights, gradients, AdamW state and saved activations (measure.training_memory)"}
     return results, recipe
 
 
@@ -276,13 +292,33 @@ def protocol_sentiment(tokenizer) -> None:
                  "sentiment (generated reviews), 1,200 / 300 / 600 examples")
 
 
-def protocol_sst2(tokenizer) -> None:
+def sst2_protocol_data():
+    """The SST-2 sample as the protocol trains on it: its first TRAIN_EXAMPLES training sentences."""
     if not SST2_FOLDER.is_dir():
         raise SystemExit(f"No SST-2 sample at {SST2_FOLDER}; set PEFT_TEACH_SST2 to the folder holding train.tsv.")
     data = load_tsv_task(SST2_FOLDER)
     data["train"] = data["train"].select(range(TRAIN_EXAMPLES))
-    run_protocol("protocol_sst2", data, tokenizer,
+    return data
+
+
+def protocol_sst2(tokenizer) -> None:
+    run_protocol("protocol_sst2", sst2_protocol_data(), tokenizer,
                  f"SST-2 sample (real movie-review sentences), first {TRAIN_EXAMPLES:,} training sentences")
+
+
+def head_rate_sst2(tokenizer) -> None:
+    """Lesson 06: each method's seed-0 SST-2 run at its chosen rate again, the head at protocol.HEAD_RATE_CHECK."""
+    chosen = {method: row["lr"] for method, row in protocol.summarize(json.loads(path("protocol_sst2").read_text())).items()
+              if protocol.METHODS[method].train_head_apart}
+    data = sst2_protocol_data()
+    recipe = {"task": "protocol_sst2's data and budget", **protocol.BUDGET, "head_lr": protocol.HEAD_RATE_CHECK,
+              "against_head_lr": protocol.HEAD_LR, "seed": protocol.SEEDS[0], "method_lr": chosen,
+              "metric": "validation accuracy after the budget (where rates are chosen), and test"}
+    store = ResumableStore("head_rate_sst2", recipe)
+    first = protocol.SEEDS[0]
+    for method, lr in chosen.items():
+        store.get(run_key(method, lr, first), lambda: protocol.run(method, data, lr, first, tokenizer,
+                                                                   head_lr=protocol.HEAD_RATE_CHECK))
 
 
 def length_tradeoff(tokenizer) -> None:
@@ -366,10 +402,10 @@ def llm_sst2(tokenizer) -> None:
 
 JOBS = {"fusion_comparison": fusion_comparison, "lora_sweep": lora_sweep, "prefix_lengths": prefix_lengths,
         "prefix_methods": prefix_methods, "prefix_seed0": prefix_seed0, "full_ft_update_spectrum": full_ft_update_spectrum,
-        "fusion_heatmap": fusion_heatmap}
+        "fusion_heatmap": fusion_heatmap, "design_space_memory": design_space_memory}
 RESUMABLE = {"protocol_sentiment": protocol_sentiment, "protocol_sst2": protocol_sst2,
              "transfer_routing": transfer_routing, "length_tradeoff": length_tradeoff, "llm_tickets": llm_tickets,
-             "llm_sst2": llm_sst2}
+             "llm_sst2": llm_sst2, "head_rate_sst2": head_rate_sst2}
 
 
 def main() -> None:

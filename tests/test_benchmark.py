@@ -41,3 +41,24 @@ def test_fusion_speed_grows_a_fusion_per_adapter_count(batches):
     ratios = fusion_speed(small, max_adapters=2, rounds=1, repeats=1)
     assert list(ratios) == ["base", "1 adapter", "fusion N=1", "fusion N=2", CONTROL]
     assert ratios["base"] == 1.0 and all(ratio > 0 for ratio in ratios.values())
+
+
+def test_stored_design_space_memory_is_what_counting_gives_now():
+    """Lesson 06 reads batch 128 from the store: the stored counts must be the ones this code counts."""
+    from peft_teach import precomputed, protocol
+    from peft_teach.benchmark import design_space_memory_batch
+    from peft_teach.measure import training_memory
+    from peft_teach.models import load_tokenizer
+
+    stored = precomputed.load("design_space_memory")["results"]
+    tokenizer = load_tokenizer()
+    for size in ("16", "128"):
+        assert set(stored[size]["bytes"]) == set(protocol.METHODS)
+        assert stored[size]["shape"] == list(design_space_memory_batch(tokenizer, int(size))["input_ids"].shape)
+    batch = design_space_memory_batch(tokenizer, 16)
+    for method in ("head_only", "lora"):
+        assert training_memory(protocol.build_method(method, 2, seed=0), batch) == stored["16"]["bytes"][method]
+    # memory moves with the batch: every method's activations grow, its weights do not
+    for method in protocol.METHODS:
+        small, large = stored["16"]["bytes"][method], stored["128"]["bytes"][method]
+        assert large["weights"] == small["weights"] and large["activations"] > 4 * small["activations"]

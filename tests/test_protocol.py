@@ -222,3 +222,32 @@ def test_tiers_group_the_methods_the_interval_cannot_separate():
     assert found == [["a", "b"], ["c"], ["d"]]
     assert [protocol.tier_of(found, m) for m in "abcd"] == [1, 1, 2, 3]
     assert protocol.compare(summary, "a", "c", 1000)[3] == "separable"
+
+
+def test_single_run_interval_covers_only_the_evaluation_sampling():
+    difference, lower, upper = protocol.single_run_interval(0.80, 0.80, 500)
+    assert difference == 0.0 and lower < 0 < upper  # one run each: sampling alone spreads it
+    assert protocol.verdict(*protocol.single_run_interval(0.90, 0.70, 500)[1:]) == "separable"
+    assert protocol.verdict(*protocol.single_run_interval(0.81, 0.80, 500)[1:]) == "not separable here"
+    # narrower than the interval of three seeds that disagree
+    narrow = protocol.single_run_interval(0.80, 0.75, 500)
+    wide = protocol.difference_interval([0.70, 0.80, 0.90], [0.75, 0.75, 0.75], 500)
+    assert narrow[2] - narrow[1] < wide[2] - wide[1]
+
+
+def test_head_rate_check_reads_seed_0_at_the_chosen_rate_and_keeps_the_head_rate_unless_separably_better():
+    def summary_row(lr, validation, test):
+        return {"lr": lr, "runs": [{"validation": validation, "test": test}]}
+
+    summary = {"lora": summary_row(3e-3, 0.80, 0.79), "prefix": summary_row(0.03, 0.70, 0.71),
+               "pfeiffer": summary_row(1e-3, 0.80, 0.80)}
+    head_runs = {"lora|lr=0.003|seed=0": {"validation": 0.81, "test": 0.80},
+                 "prefix|lr=0.03|seed=0": {"validation": 0.60, "test": 0.61},
+                 "pfeiffer|lr=0.003|seed=0": {"validation": 0.99, "test": 0.99}}  # another rate: not this check's run
+    rows = protocol.head_rate_check(summary, head_runs, 500)
+    assert set(rows) == {"lora", "prefix"}
+    assert rows["lora"]["validation"] == (0.80, 0.81) and rows["lora"]["verdict"] == "not separable here"
+    assert rows["prefix"]["verdict"] == "separable" and rows["prefix"]["difference"] < 0
+    assert protocol.head_rate_choice(rows) == protocol.HEAD_LR  # worse, or not separable: keep 3e-3
+    rows["lora"].update(verdict="separable", difference=0.05)
+    assert protocol.head_rate_choice(rows) == protocol.HEAD_RATE_CHECK
