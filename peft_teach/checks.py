@@ -12,8 +12,14 @@ Three tools:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import inspect
+import json
+import random
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,6 +68,10 @@ class NotAttempted(Exception):
     """Raised by a grader when the learner has not filled the task in yet."""
 
 
+REPOSITORY = "https://github.com/peft-from-scratch/peft-from-scratch/blob/main"
+SOLUTIONS = Path(__file__).resolve().parents[1] / "solutions"  # there in a clone of the course
+
+
 @dataclass
 class Question:
     """One graded task.
@@ -70,11 +80,21 @@ class Question:
     the message must help without revealing the answer. An answer of ``None``
     (the exercise stub) or code that raises ``NotImplementedError`` counts as
     not attempted.
+
+    Help comes on demand, in tiers: ``hint()`` gives the ``nudge`` first (the same
+    words an incorrect answer gets), then the ``recipe`` (the steps, short of code),
+    and ``solution()`` prints the solved code from ``solutions/``.
     """
 
     title: str
-    grader: Callable[[Any], None]
-    hint: str
+    grader: Callable[[Any], None] | None  # None for multiple choice: the options grade it
+    nudge: str
+    recipe: str = ""
+    choices: tuple[str, ...] = ()  # multiple choice: the right option first; options() shows them shuffled
+    seed: int = 0  # the learner's seed for the order of the options
+    notebook: str = ""  # the practice notebook's file name; set by register()
+    name: str = ""  # the variable the notebook imports (q1, q2, ...); set by register()
+    hints_given: int = field(default=0, repr=False)
 
     def check(self, answer: Any) -> str:
         status, message = self._grade(answer)
@@ -82,18 +102,119 @@ class Question:
         print(f"{label} {self.title}" + (f": {message}" if message else ""))
         return status
 
+    def hint(self) -> None:
+        """Print the next tier of help: the nudge, then the recipe, then where the solution is."""
+        tiers = [self.nudge] + ([self.recipe] if self.recipe else [])
+        tier = min(self.hints_given, len(tiers))
+        self.hints_given += 1
+        if tier < len(tiers):
+            more = " (call hint() again for more)" if tier + 1 < len(tiers) else ""
+            print(f"Hint {tier + 1} of {len(tiers)}{more}: {tiers[tier]}")
+        else:
+            print(f"No more hints. {self.name}.solution() prints the solved code.")
+
+    def options(self, seed: int = 0) -> None:
+        """Print the options of a multiple-choice task, lettered in the order ``seed`` gives."""
+        self.seed = seed
+        for letter, text in zip("abcdefgh", self.shuffled_choices()):
+            print(f"{letter}) {text}")
+
+    def shuffled_choices(self) -> list[str]:
+        """The options in this learner's order: the right one is not always the same letter."""
+        order = list(self.choices)
+        random.Random(f"{self.title}|{self.seed}").shuffle(order)  # per task too: not the same letter everywhere
+        return order
+
+    def _grade_choice(self, answer: Any) -> None:
+        letters = "abcdefgh"[: len(self.choices)]
+        assert isinstance(answer, str) and len(answer) == 1 and answer in letters, (
+            f"Answer with one letter, as a string: one of {list(letters)} (the order options() printed).")
+        assert self.shuffled_choices()[letters.index(answer)] == self.choices[0], (
+            "That is not the option the measurements support.")
+
+    def solution(self) -> None:
+        """Print the solved code of this task, read from the course's ``solutions/`` notebook."""
+        print(solution_code(self.notebook, self.name))
+
     def _grade(self, answer: Any) -> tuple[str, str]:
         if answer is None or answer is Ellipsis:
             return NOT_ATTEMPTED, "replace the placeholder with your answer, then run this cell again."
         try:
-            self.grader(answer)
+            (self.grader or self._grade_choice)(answer)
         except (NotImplementedError, NotAttempted):
             return NOT_ATTEMPTED, "fill in the TODO, then run this cell again."
         except AssertionError as error:
-            return INCORRECT, f"{error} Hint: {self.hint}"
+            return INCORRECT, f"{error} Hint: {self.nudge}"
         except Exception as error:  # a learner's crash is an answer too: say what it raised, not a traceback
-            return INCORRECT, f"your code raised {type(error).__name__}: {error} Hint: {self.hint}"
+            return INCORRECT, f"your code raised {type(error).__name__}: {error} Hint: {self.nudge}"
         return CORRECT, ""
+
+
+def multiple_choice(title: str, right: str, wrong: tuple[str, ...], nudge: str, recipe: str = "") -> Question:
+    """A multiple-choice task; ``q.options(seed)`` prints its options in a per-learner order."""
+    return Question(title, None, nudge, recipe, choices=(right, *wrong))
+
+
+def register(notebook: str, questions: dict[str, Any]) -> None:
+    """Tell every Question among ``questions`` (a module's globals) its name and practice notebook."""
+    for name, value in questions.items():
+        if isinstance(value, Question):
+            value.notebook, value.name = notebook, name
+
+
+def solution_code(notebook: str, name: str) -> str:
+    """The code of the solution cell(s) that answer ``name`` in ``solutions/<notebook>``, markers removed.
+
+    The answer is the last cell with a solution block at or before the cell that calls
+    ``<name>.check(``. Outside a clone of the course, the notebook's address instead.
+    """
+    path = SOLUTIONS / notebook
+    if not path.exists():
+        return f"The solutions are not in this installation; {name} is solved in {REPOSITORY}/solutions/{notebook}"
+    cells = [cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+             for cell in json.loads(path.read_text())["cells"] if cell["cell_type"] == "code"]
+    check = next(i for i, source in enumerate(cells) if f"{name}.check(" in source)
+    answer = next(i for i in range(check, -1, -1) if "### BEGIN SOLUTION" in cells[i])
+    keep = [line for line in cells[answer].splitlines()
+            if "### BEGIN SOLUTION" not in line and "### END SOLUTION" not in line and f"{name}.check(" not in line]
+    return "\n".join(keep).strip()
+
+
+def _refusal(qualified_name: str) -> Callable:
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"Your code called {qualified_name}, the package's own version of what this task "
+                             "asks you to write. Write it yourself; the lesson shows the steps.")
+    return refuse
+
+
+@contextmanager
+def blocked(*targets: tuple[object, str]) -> Iterator[None]:
+    """While grading, the package functions a task asks the learner to write refuse to run.
+
+    Each target is ``(module or class, attribute name)``. A function is usually imported by name
+    (``from peft_teach.models import mean_pool``, in the notebook too), so every loaded module that
+    holds the same function object gets the refusal as well. Everything is restored on exit.
+    """
+    replaced: list[tuple[object, str, object]] = []
+    try:
+        for owner, name in targets:
+            original = inspect.getattr_static(owner, name)
+            refusal = _refusal(f"{getattr(owner, '__name__', owner)}.{name}")
+            places = [owner]
+            if inspect.ismodule(owner):
+                places += [module for module in list(sys.modules.values())
+                           if module is not None and module is not owner
+                           and any(value is original for value in list(getattr(module, "__dict__", {}).values()))]
+            for place in places:
+                names = [name] if place is owner else [key for key, value in list(vars(place).items())
+                                                       if value is original]
+                for key in names:
+                    replaced.append((place, key, inspect.getattr_static(place, key)))
+                    setattr(place, key, refusal)
+        yield
+    finally:
+        for place, key, original in reversed(replaced):
+            setattr(place, key, original)
 
 
 def grade_number(expected: float, tol: float = 0.0, what: str = "value") -> Callable[[Any], None]:
@@ -137,14 +258,24 @@ def assert_same_tensor(result: Any, expected: torch.Tensor, atol: float = 1e-5, 
 
 
 def grade_function(
-    make_inputs: Callable[[], tuple], reference: Callable[..., torch.Tensor], atol: float = 1e-5
+    make_inputs: Callable[[], tuple], reference: Callable[..., torch.Tensor], atol: float = 1e-5,
+    block: tuple[tuple[object, str], ...] = (),
 ) -> Callable[[Any], None]:
-    """A grader for a function: it must match ``reference`` on generated inputs."""
+    """A grader for a function: it must match ``reference`` on generated inputs.
+
+    ``block`` names the package functions that would answer the task for the learner:
+    they refuse to run while the learner's function does (see :func:`blocked`).
+    """
 
     def grader(function: Any) -> None:
         assert callable(function), "Pass the function itself (no parentheses)."
         inputs = make_inputs()
         expected = reference(*inputs)
-        assert_same_tensor(function(*inputs), expected, atol)
+        for owner, name in block:  # handing in the package's function itself
+            if function is getattr(owner, name):
+                _refusal(f"{getattr(owner, '__name__', owner)}.{name}")()
+        with blocked(*block):
+            result = function(*inputs)
+        assert_same_tensor(result, expected, atol)
 
     return grader

@@ -831,7 +831,9 @@ is the natural choice; for a server that switches tasks per request, unmerged Lo
 - A. Rücklé et al., *AdapterDrop: On the Efficiency of Adapters in Transformers*, EMNLP 2021 (inference overhead).
 - E. Hu et al., *LoRA*, ICLR 2022 (Table 1: latency of adapters vs LoRA; Table 2: GLUE).
 - J. Pfeiffer et al., *AdapterFusion: Non-Destructive Task Composition for Transfer Learning*, EACL 2021 (Table 1).
-- T. Vu et al., *SPoT: Better Frozen Model Adaptation through Soft Prompt Transfer*, ACL 2022."""),
+- T. Vu et al., *SPoT: Better Frozen Model Adaptation through Soft Prompt Transfer*, ACL 2022.
+
+**Practice:** [exercises/06_design_space.ipynb](../exercises/06_design_space.ipynb), graded tasks on this lesson (solved twin: [solutions/06_design_space.ipynb](../solutions/06_design_space.ipynb))."""),
 ]
 
 

@@ -640,7 +640,7 @@ del served"""),
 - J. Ainslie et al., *GQA: Training Generalized Multi-Query Transformer Models from Multi-Head Checkpoints*, EMNLP 2023.
 - The `peft` documentation on causal language modeling with LoRA and prompt-based methods.
 
-Practice: `exercises/07_peft_on_a_language_model.ipynb` (solved twin in `solutions/`)."""),
+**Practice:** [exercises/07_peft_on_a_language_model.ipynb](../exercises/07_peft_on_a_language_model.ipynb), graded tasks on this lesson (solved twin: [solutions/07_peft_on_a_language_model.ipynb](../solutions/07_peft_on_a_language_model.ipynb))."""),
 ]
 
 

@@ -5,7 +5,7 @@ from peft_teach import checks
 
 
 def test_question_statuses(capsys):
-    question = checks.Question("Q1 count", checks.grade_number(42), hint="Count both matrices.")
+    question = checks.Question("Q1 count", checks.grade_number(42), nudge="Count both matrices.")
     assert question.check(None) == checks.NOT_ATTEMPTED
     assert question.check(41) == checks.INCORRECT
     out = capsys.readouterr().out
@@ -53,3 +53,32 @@ def test_a_crashing_answer_is_incorrect_with_what_it_raised(capsys):
     assert question.check(crashes) == checks.INCORRECT
     out = capsys.readouterr().out
     assert "your code raised RuntimeError" in out and "Traceback" not in out
+
+
+def test_multiple_choice_grades_the_letter_in_the_order_the_learner_saw(capsys):
+    question = checks.multiple_choice("Q9 colours", "green", ("red", "blue", "grey"), nudge="look again")
+    letters = {}
+    for seed in range(20):
+        capsys.readouterr()  # forget the previous round's verdicts
+        question.options(seed=seed)
+        shown = [line.split(") ", 1)[1] for line in capsys.readouterr().out.strip().splitlines()]
+        assert sorted(shown) == sorted(question.choices)
+        right = "abcd"[shown.index("green")]
+        letters[seed] = right
+        assert question.check(right) == checks.CORRECT
+        assert question.check("abcd"[(shown.index("green") + 1) % 4]) == checks.INCORRECT
+    assert len(set(letters.values())) > 1  # the right letter moves with the learner's seed
+    assert question.check("green") == checks.INCORRECT  # a letter is asked for
+
+
+def test_the_courses_multiple_choice_options_are_even_in_length_and_not_all_the_same_letter():
+    from peft_teach.questions import lesson_00, lesson_01, lesson_02, lesson_05
+
+    questions = [q for module in (lesson_00, lesson_01, lesson_02, lesson_05) for q in vars(module).values()
+                 if isinstance(q, checks.Question) and q.choices]
+    assert len(questions) == 4
+    for question in questions:
+        lengths = [len(option) for option in question.choices]
+        assert max(lengths) <= 1.1 * min(lengths), question.title  # the longest option is no giveaway
+    seed_0 = {q.title: q.shuffled_choices().index(q.choices[0]) for q in questions if q.seed == 0}
+    assert len(set(seed_0.values())) > 1

@@ -5,6 +5,7 @@ exercises that it reports a stub as not attempted; these tests cover the third o
 """
 
 import torch
+from torch import nn
 
 from peft_teach.checks import CORRECT, INCORRECT
 from peft_teach.methods import lora
@@ -61,12 +62,23 @@ def test_merging_must_unwrap_and_keep_the_update():
             replace_module(model, name, layer.base_layer)
 
     def merge_and_unwrap(model):
-        lora.merge_lora(model)  # the package's merge, then the surgery: also a right answer
+        lora.merge_lora(model)  # the package's merge does the task's work: refused while grading
         unwrap_without_merging(model)
 
-    assert lesson_05.q6.check(lora.merge_lora) == INCORRECT  # still LoRALinear wrappers
+    def own_merge(model):
+        for name, layer in list(lora.lora_layers(model).items()):
+            frozen = layer.base_layer
+            plain = nn.Linear(frozen.in_features, frozen.out_features)
+            with torch.no_grad():
+                plain.weight.copy_(frozen.weight + layer.alpha / layer.r * layer.lora_B @ layer.lora_A)
+                plain.bias.copy_(frozen.bias)
+            replace_module(model, name, plain)
+
+    assert lesson_05.q6.check(lora.merge_lora) == INCORRECT
     assert lesson_05.q6.check(unwrap_without_merging) == INCORRECT
-    assert lesson_05.q6.check(merge_and_unwrap) == CORRECT
+    assert lesson_05.q6.check(merge_and_unwrap) == INCORRECT
+    assert lesson_05.q6.check(own_merge) == CORRECT
+    assert lora.merge_lora.__name__ == "merge_lora"  # restored after grading
 
 
 def test_capacity_needs_both_baselines_and_the_clip():
@@ -137,3 +149,42 @@ def test_a_right_answer_in_float32_passes_a_float64_reference_and_a_wrong_one_na
     assert status == INCORRECT and "largest difference" in message
     # a coarse dtype gets no extra tolerance: the right formula in bfloat16 is not precise enough here
     assert lesson_06.q1.check(lambda accuracies: mean_and_std(accuracies).bfloat16()) == INCORRECT
+
+
+def test_the_package_functions_a_task_is_about_refuse_to_answer_it(capsys):
+    from peft_teach import measure, models
+    from peft_teach.methods import prefix
+    from peft_teach.questions import lesson_06
+
+    def recorded_gate(model, input_ids):
+        with prefix.record_prefix_attention() as recorded:
+            model(input_ids=input_ids)
+        return recorded[0][0]
+
+    assert lesson_00.q1.check(mean_pool) == INCORRECT  # imported by name, as a notebook would
+    assert lesson_00.q1.check(lambda hidden, mask: models.mean_pool(hidden, mask)) == INCORRECT
+    assert lesson_00.q6.check(lambda model, batch: model.head(model.features(**batch))) == INCORRECT
+    assert lesson_04.q6.check(recorded_gate) == INCORRECT
+    assert lesson_06.q4.check(measure.saved_activation_bytes) == INCORRECT
+    out = capsys.readouterr().out
+    assert out.count("the package's own version of what this task asks you to write") == 5
+    # restored afterwards: the package works again outside the grader
+    assert mean_pool(torch.ones(1, 2, 3), torch.ones(1, 2)).shape == (1, 3)
+    assert models.mean_pool is mean_pool and lesson_00.mean_pool is mean_pool
+
+
+def test_hints_come_in_tiers_and_the_solution_is_the_solved_notebooks_code(capsys):
+    question = lesson_05.q1
+    question.hints_given = 0
+    for _ in range(3):
+        question.hint()
+    first, second, last = capsys.readouterr().out.strip().splitlines()
+    assert first.startswith("Hint 1 of 2") and question.nudge in first
+    assert second.startswith("Hint 2 of 2") and question.recipe in second
+    assert "q1.solution()" in last
+    question.solution()
+    code = capsys.readouterr().out
+    assert code.startswith("def lora_forward(") and "### BEGIN" not in code and "check(" not in code
+    namespace = {"torch": torch}
+    exec(code, namespace)  # the printed solution is runnable and passes its own check
+    assert question.check(namespace["lora_forward"]) == CORRECT

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import Question, grade_choice, grade_function, grade_number
-from ..models import build_classifier, mean_pool
+from .. import models
+from ..checks import Question, blocked, grade_function, grade_number, multiple_choice, register
+from ..models import SequenceClassifier, build_classifier, mean_pool
 from .real_inputs import assert_same_logits, review_batch
 
 # ----------------------------------------------------------------- Q1: mean pooling
@@ -23,18 +24,23 @@ def _pool_inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return hidden, mask
 
 
-q1 = Question("Q1 mean pooling", grade_function(_pool_inputs, mean_pool),
+q1 = Question("Q1 mean pooling", grade_function(_pool_inputs, mean_pool, block=((models, "mean_pool"),)),
               "Padding positions must add nothing to the sum, and each example is an average over its "
               "own real tokens, not over the padded length. Check how a (batch, tokens) mask can "
-              "broadcast against (batch, tokens, d) states.")
+              "broadcast against (batch, tokens, d) states.",
+              recipe="Turn the mask into floats of shape (batch, tokens, 1); multiply the states by it; sum "
+                     "over the token dimension; divide by the mask's sum over tokens (at least 1).")
 
 # ----------------------------------------------------------------- Q2, Q3: counting
 
 q2 = Question("Q2 head parameters for routing", grade_number(384 * 5 + 5, what="parameter count"),
-              "A linear layer from d inputs to C outputs has a weight matrix and a bias vector.")
+              "A linear layer from d inputs to C outputs has a weight matrix and a bias vector.",
+              recipe='Weights: inputs x outputs = 384 x 5; biases: one per output; add them.')
 q3 = Question("Q3 AdamW state in bytes", grade_number(2 * 22_713_216 * 4, what="number of bytes"),
               "Count the tensors AdamW keeps per trained parameter (the weight itself and its gradient "
-              "are not part of its state), and the bytes of one float32 number.")
+              "are not part of its state), and the bytes of one float32 number.",
+              recipe="AdamW keeps two float32 tensors per parameter (the first and second moment): 2 x "
+                     "parameters x 4 bytes.")
 
 # ----------------------------------------------------------------- Q4: freeze the real classifier
 
@@ -54,21 +60,34 @@ def _grade_freeze(function) -> None:
 
 q4 = Question("Q4 freeze all but the head", _grade_freeze,
               "Every parameter carries its own requires_grad flag, and a fresh model has it on everywhere. "
-              "Which parameters should keep it on, and how do you reach exactly those?")
+              "Which parameters should keep it on, and how do you reach exactly those?",
+              recipe="Loop over model.parameters() setting requires_grad_(False), then loop over "
+                     "model.head.parameters() setting it back to True.")
 
 # ----------------------------------------------------------------- Q5: explain a result
 
-q5 = Question("Q5 why head-only fails",
-              grade_choice("b", ("a", "b", "c")),
-              "Each option predicts something you can check in lesson 00: what would more epochs change in "
-              "the head-only learning curve, and what does full fine-tuning's accuracy on the same labels "
-              "say about them?")
+q5 = multiple_choice(
+    title='Q5 why head-only fails',
+    right="Frozen, averaged features mostly record which words occur; the label hinges on negation and "
+          "contrast.",
+    wrong=(
+        "The head trained too briefly: more epochs on the same frozen features would close most of the "
+        "gap.",
+        "The labels are noisy: no classifier, however it is trained, can score much above 60 % on them.",
+        "The head's learning rate was too high, so it kept jumping past the weights that would fit best.",
+    ),
+    nudge="Each option predicts something you can check in lesson 00: what would more epochs change in the "
+          "head-only learning curve, and what does full fine-tuning's accuracy on the same labels say about"
+          " them?",
+    recipe="Rule out each option with a measurement of lesson 00: the head-only curve has flattened, and "
+           "full fine-tuning reaches about 99 % on the same labels.",
+)
 
 # ----------------------------------------------------------------- Q6: the classifier by hand
 
 
-def _refuse_model_call(*args, **kwargs):
-    raise AssertionError("Your function called the model itself; build the logits from its parts.")
+# Calling the model, or the package's pooling, would answer the task without taking the model apart.
+WHOLE_CLASSIFIER = ((SequenceClassifier, "forward"), (SequenceClassifier, "features"), (models, "mean_pool"))
 
 
 def _grade_classify(function) -> None:
@@ -77,7 +96,7 @@ def _grade_classify(function) -> None:
     batch = review_batch("sentiment", count=8)
     with torch.no_grad():
         expected = model(**batch)
-        model.forward = _refuse_model_call  # the task is to take the model apart, not to call it
+    with torch.no_grad(), blocked(*WHOLE_CLASSIFIER):
         result = function(model, batch)
     assert_same_logits(result, expected, 1e-5, whose="the classifier's own")
 
@@ -85,4 +104,9 @@ def _grade_classify(function) -> None:
 q6 = Question("Q6 the classifier by hand, on real reviews", _grade_classify,
               "Follow a batch through SequenceClassifier: what does the backbone need besides the token ids, "
               "what does it return, which positions may the average include, and what comes last? "
-              "Compare your intermediate shapes with the lesson's section 4.")
+              "Compare your intermediate shapes with the lesson's section 4.",
+              recipe="hidden = model.backbone(input_ids=..., attention_mask=...).last_hidden_state; pool it "
+                     "with my_mean_pool and the mask; return model.head(pooled).")
+
+
+register("00_setup_and_baselines.ipynb", globals())  # q.solution() finds the solved code by these names

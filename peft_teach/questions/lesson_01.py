@@ -12,7 +12,7 @@ import copy
 
 import torch
 
-from peft_teach.checks import Question, grade_choice, grade_function, grade_number
+from peft_teach.checks import Question, grade_function, grade_number, multiple_choice, register
 from peft_teach.methods import adapters
 from peft_teach.methods.adapters import BottleneckAdapter
 from peft_teach.models import build_classifier
@@ -36,8 +36,9 @@ def _forward_reference(hidden, w_down, b_down, w_up, b_up) -> torch.Tensor:
 q1 = Question(
     title="Q1 the adapter's forward pass",
     grader=grade_function(_forward_inputs, _forward_reference),
-    hint="Read the formula term by term. A weight stored as (out, in), like nn.Linear's, has to be "
+    nudge="Read the formula term by term. A weight stored as (out, in), like nn.Linear's, has to be "
          "transposed to act on the last dimension of a (batch, tokens, d) tensor.",
+    recipe='bottleneck = relu(hidden @ w_down.T + b_down); return hidden + bottleneck @ w_up.T + b_up.',
 )
 
 # ----------------------------------------------------------------- Q2: Houlsby parameter count
@@ -45,8 +46,10 @@ q1 = Question(
 q2 = Question(
     title="Q2 Houlsby adapters on MiniLM",
     grader=grade_number(2 * 6 * (2 * 384 * 24 + 24 + 384), what="parameter count"),
-    hint="One adapter has 2md + m + d parameters; count how many adapters each layer gets "
+    nudge="One adapter has 2md + m + d parameters; count how many adapters each layer gets "
          "with this placement, and how many layers there are.",
+    recipe="Houlsby puts two adapters in each of the 6 layers; each has 2 m d + m + d parameters with m = 24 "
+           "and d = 384.",
 )
 
 # ----------------------------------------------------------------- Q3: storage per task
@@ -54,8 +57,10 @@ q2 = Question(
 q3 = Question(
     title="Q3 bytes to store one task",
     grader=grade_number(4 * (6 * (2 * 384 * 24 + 24 + 384) + 2 * 384 + 2), what="number of bytes"),
-    hint="A task is everything save_adapter writes for it: its adapters in every layer and its own "
+    nudge="A task is everything save_adapter writes for it: its adapters in every layer and its own "
          "head. Count values first, then bytes.",
+    recipe="Values: the adapters of all layers plus the head (384 x classes + classes); bytes: 4 per float32 "
+           "value.",
 )
 
 # ----------------------------------------------------------------- Q4: near-identity init
@@ -78,8 +83,10 @@ def _grade_init(function) -> None:
 q4 = Question(
     title="Q4 start as the identity",
     grader=_grade_init,
-    hint="The added term must vanish for every input h. Ask which parameters can be zero without "
+    nudge="The added term must vanish for every input h. Ask which parameters can be zero without "
          "cutting off the gradient of the others: what is each projection's gradient multiplied by?",
+    recipe="Under torch.no_grad(), zero the up-projection's weight and bias; leave the down-projection random"
+           " so the gradient reaching W_up is not zero.",
 )
 
 # ----------------------------------------------------------------- Q5: what moves after one step (real model)
@@ -127,16 +134,30 @@ def _grade_moved(function) -> None:
 q5 = Question(
     title="Q5 what moves after one step, on the real model",
     grader=_grade_moved,
-    hint="Trainable is not the same as moved: a tensor moves only if its update is non-zero. Use plain "
+    nudge="Trainable is not the same as moved: a tensor moves only if its update is non-zero. Use plain "
          "SGD as asked (AdamW's weight decay would shift every trainable tensor), and compare values "
          "before and after the step rather than requires_grad flags.",
+    recipe="Copy every trainable tensor, run one forward and backward, take one torch.optim.SGD step, then "
+           "list the names whose tensor changed (torch.equal is False).",
 )
 
 # ----------------------------------------------------------------- Q6: explain the measurement
 
-q6 = Question(
-    title="Q6 explain the Q5 measurement",
-    grader=grade_choice("b", ("a", "b", "c", "d")),
-    hint="Look at requires_grad and at .grad of a tensor that did not move: which options do they "
-         "rule out? Then follow the chain rule from the adapter's output back to that tensor.",
+q6 = multiple_choice(
+    title='Q6 explain the Q5 measurement',
+    right="Their gradient is exactly zero at the first step: it flows back through W_up, which starts at "
+          "zero.",
+    wrong=(
+        "train_adapter switched gradients on for the up-projections and the head only, not for the rest.",
+        "The ReLU inside the adapter blocks every gradient that would reach the down-projection's "
+        "weights.",
+        "The learning rate is too small for a single step's change to show up in float32 numbers at all.",
+    ),
+    nudge="Look at requires_grad and at .grad of a tensor that did not move: which options do they rule "
+          "out? Then follow the chain rule from the adapter's output back to that tensor.",
+    recipe="Check which tensors did not move against the chain rule: the gradient of W_down goes through "
+           "W_up, which is zero at the first step.",
 )
+
+
+register("01_bottleneck_adapters.ipynb", globals())  # q.solution() finds the solved code by these names

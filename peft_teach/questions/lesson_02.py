@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import torch
 
 from peft_teach import precomputed
-from peft_teach.checks import Question, grade_choice, grade_function, grade_number
+from peft_teach.checks import Question, grade_choice, grade_function, grade_number, multiple_choice, register
 from peft_teach.data import SOURCE_TASKS
 from peft_teach.methods import adapters, fusion
 from peft_teach.models import build_classifier
@@ -36,8 +36,10 @@ def _score_reference(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 q1 = Question(
     title="Q1 attention over adapters",
     grader=grade_function(_score_inputs, _score_reference),
-    hint="One dot product per token and adapter (over the last dimension), then a softmax "
+    nudge="One dot product per token and adapter (over the last dimension), then a softmax "
          "over the adapter dimension, not over tokens.",
+    recipe="logits = einsum over the feature dimension of query (b, t, d) and keys (b, t, n, d) giving (b, t,"
+           " n); softmax over the last dimension.",
 )
 
 # ----------------------------------------------------------------- Q2: weighted sum
@@ -57,8 +59,9 @@ def _mix_reference(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 q2 = Question(
     title="Q2 mix the adapters' values",
     grader=grade_function(_mix_inputs, _mix_reference),
-    hint="Each token's output is a weighted average of its N value vectors: broadcast the "
+    nudge="Each token's output is a weighted average of its N value vectors: broadcast the "
          "weights over the feature dimension and sum over adapters.",
+    recipe="einsum('btn,btnd->btd', weights, values): multiply each value by its weight and sum over adapters.",
 )
 
 # ----------------------------------------------------------------- Q3: fusion parameters on BERT-base
@@ -66,15 +69,22 @@ q2 = Question(
 q3 = Question(
     title="Q3 fusion parameters per layer, d = 768",
     grader=grade_number(3 * 768 * 768 + 2 * 768, what="parameter count"),
-    hint="Query and key are d x d with a bias each; the value matrix is d x d without bias.",
+    nudge="Query and key are d x d with a bias each; the value matrix is d x d without bias.",
+    recipe='Query and key: d x d weights plus a bias of d each; value: d x d without bias. Add the three.',
 )
 
 # ----------------------------------------------------------------- Q4: scaling with N
 
-q4 = Question(
-    title="Q4 more adapters, more fusion parameters?",
-    grader=grade_choice("a", ("a", "b", "c")),
-    hint="Look at the shapes of Q, K and V: does any of them depend on the number of adapters?",
+q4 = multiple_choice(
+    title='Q4 more adapters, more fusion parameters?',
+    right="It stays the same: Q, K and V are d x d maps that do not depend on how many adapters are fused.",
+    wrong=(
+        "It doubles: every fused adapter brings its own key and value maps, so twice the adapters, twice.",
+        "It grows by one d x d matrix per extra adapter: each new adapter needs a value map of its own.",
+    ),
+    nudge="Look at the shapes of Q, K and V: does any of them depend on the number of adapters?",
+    recipe="Write out the shapes of Q, K and V: each is d x d (plus biases), whatever the number of "
+           "adapters.",
 )
 
 # ----------------------------------------------------------------- Q5: read a real heatmap
@@ -103,8 +113,10 @@ def _grade_heatmap_reading(answer) -> None:
 q5 = Question(
     title="Q5 read a trained fusion's weights",
     grader=_grade_heatmap_reading,
-    hint="Keep only the reviews the question is about, then average their weights in that one layer; "
+    nudge="Keep only the reviews the question is about, then average their weights in that one layer; "
          "the largest mean names the adapter.",
+    recipe="Select the rows whose label is the class asked about, take the weights of the last layer, average"
+           " over those rows, and name the adapter with the largest mean.",
 )
 
 # ----------------------------------------------------------------- Q6: fusion by hand (real model)
@@ -155,6 +167,11 @@ def _grade_fusion_in_the_model(function) -> None:
 q6 = Question(
     title="Q6 your fusion inside the real model",
     grader=_grade_fusion_in_the_model,
-    hint="The layer's three maps give you the query, the keys and the values; Q1 and Q2 already do the rest. "
+    nudge="The layer's three maps give you the query, the keys and the values; Q1 and Q2 already do the rest. "
          "Which of the two inputs does each map read?",
+    recipe="query = layer.query(hidden); keys = layer.key(deltas); values = layer.value(deltas); weights = "
+           "your Q1 function; return your Q2 mix of the values.",
 )
+
+
+register("02_adapter_fusion.ipynb", globals())  # q.solution() finds the solved code by these names

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from peft_teach.checks import Question, grade_choice, grade_function, grade_number
+from peft_teach.checks import Question, grade_choice, grade_function, grade_number, register
 from peft_teach.methods.prompts import add_soft_prompt, remove_soft_prompt
 from peft_teach.models import build_classifier
 from peft_teach.questions.real_inputs import assert_same_logits, review_batch
@@ -32,8 +32,10 @@ def _concat_reference(prompt: torch.Tensor, embeds: torch.Tensor) -> torch.Tenso
 q1 = Question(
     title="Q1 prepend the soft prompt",
     grader=grade_function(_concat_inputs, _concat_reference),
-    hint="Every example sees the same prompt, in front of its own tokens. Which dimension is the "
+    nudge="Every example sees the same prompt, in front of its own tokens. Which dimension is the "
          "sequence, and what shape must the prompt have before it can be joined to a (B, T, d) tensor?",
+    recipe="Expand the prompt (l, d) to (batch, l, d) with unsqueeze(0).expand, then torch.cat([prompt, "
+           "embeds], dim=1).",
 )
 
 # ----------------------------------------------------------------- Q2: a soft prompt by hand (real model)
@@ -58,9 +60,11 @@ def _grade_prompt_logits(function) -> None:
 q2 = Question(
     title="Q2 a soft prompt by hand, on the real model",
     grader=_grade_prompt_logits,
-    hint="Three things change when a prompt goes in front: what the encoder reads, which positions "
+    nudge="Three things change when a prompt goes in front: what the encoder reads, which positions "
          "every token may attend to, and which output positions the head averages. The module "
          "docstring of peft_teach/methods/prompts.py states the course's pooling decision.",
+    recipe="Embed the tokens, put the prompt in front, extend the mask with l ones in front, run the backbone"
+           " on inputs_embeds, pool only the original tokens' positions (drop the first l), then the head.",
 )
 
 # ----------------------------------------------------------------- Q3: parameter count
@@ -71,8 +75,9 @@ Q3_EXPECTED = 2 * 6 * 20 * 384
 q3 = Question(
     title="Q3 prefix tuning parameter count",
     grader=grade_number(Q3_EXPECTED, what="parameter count"),
-    hint="What exactly does prefix tuning add to each layer's attention, how many of them, and how "
+    nudge="What exactly does prefix tuning add to each layer's attention, how many of them, and how "
          "long is each vector? The folded-away MLP no longer counts.",
+    recipe='Each layer adds l keys and l values of size d: 2 x layers x l x d.',
 )
 
 # ----------------------------------------------------------------- Q4: prefix attention share
@@ -91,9 +96,11 @@ def _share_reference(scores: torch.Tensor, length: int) -> torch.Tensor:
 q4 = Question(
     title="Q4 attention share of the prefix",
     grader=grade_function(_share_inputs, _share_reference),
-    hint="A share is a probability mass. Which operation turns one query's scores into "
+    nudge="A share is a probability mass. Which operation turns one query's scores into "
          "probabilities, over which keys must it run for the prefix to compete with the tokens, "
          "and which of those probabilities belong to the prefix?",
+    recipe="Softmax each query's scores over all keys (prefix and real together), then sum the probabilities "
+           "of the first `length` keys.",
 )
 
 # ----------------------------------------------------------------- Q5: positions in peft
@@ -103,6 +110,11 @@ Q5_OPTIONS = ("0..T-1", "l..l+T-1", "no positions")
 q5 = Question(
     title="Q5 positions of real tokens under peft's PrefixTuning",
     grader=grade_choice("l..l+T-1", Q5_OPTIONS),
-    hint="Re-read the lesson's comparison with peft: what did our own model's call need before "
+    nudge="Re-read the lesson's comparison with peft: what did our own model's call need before "
          "its output matched peft's exactly?",
+    recipe="peft's prefix shifts the real tokens' positions by the prefix length l: the first real token sits"
+           " at position l.",
 )
+
+
+register("03_prompts_and_prefix_tuning.ipynb", globals())  # q.solution() finds the solved code by these names

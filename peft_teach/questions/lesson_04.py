@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from peft_teach.checks import Question, grade_choice, grade_function, grade_number
+from peft_teach.checks import Question, blocked, grade_choice, grade_function, grade_number, register
+from peft_teach.methods import prefix
 from peft_teach.methods.prefix import add_prefix, record_prefix_attention
 from peft_teach.models import build_classifier
 from peft_teach.questions.real_inputs import review_ids
@@ -23,8 +24,9 @@ Q1_EXPECTED = 10 / (10 + 118)
 q1 = Question(
     title="Q1 the prefix share when all logits are equal",
     grader=grade_number(Q1_EXPECTED, tol=1e-4, what="share"),
-    hint="What does a softmax return when all of its inputs are equal? Then count the keys a "
+    nudge="What does a softmax return when all of its inputs are equal? Then count the keys a "
          "query can see, and how many of them belong to the prefix.",
+    recipe='Equal logits give a uniform softmax over all l + T keys; the prefix holds l of them.',
 )
 
 # ----------------------------------------------------------------- Q2: the gate lambda
@@ -48,9 +50,11 @@ def _gate_reference(query, prefix_keys, keys) -> torch.Tensor:
 q2 = Question(
     title="Q2 the unified view's gate lambda(x)",
     grader=grade_function(_gate_inputs, _gate_reference),
-    hint="Compare your code with the formula piece by piece: are the dot products scaled as in "
+    nudge="Compare your code with the formula piece by piece: are the dot products scaled as in "
          "attention, and does the denominator hold the prefix keys as well as the real keys? "
          "Lesson 03's Q4 computed the same kind of share.",
+    recipe="Scale the dot products by d_head ** -0.5, exponentiate the prefix scores and the real scores, and"
+           " divide the prefix mass by the total over both.",
 )
 
 # ----------------------------------------------------------------- Q3: memory read
@@ -70,9 +74,11 @@ def _read_reference(query, memory) -> torch.Tensor:
 q3 = Question(
     title="Q3 the Prefix-Tuning+ memory read",
     grader=grade_function(_read_inputs, _read_reference),
-    hint="Where does phi act: on the queries or on the memory? Head h must read only its own "
+    nudge="Where does phi act: on the queries or on the memory? Head h must read only its own "
          "M_h: check that your product pairs the head dimensions instead of mixing them (a wrong "
          "broadcast can still give the right shape).",
+    recipe="features = elu(query) (phi acts on the queries); multiply each head's features by that head's own"
+           " memory with einsum over d_head, keeping the head dimension.",
 )
 
 # ----------------------------------------------------------------- Q4: parameter count
@@ -83,8 +89,9 @@ Q4_EXPECTED = 6 * 12 * 32 * 32
 q4 = Question(
     title="Q4 Prefix-Tuning+ parameter count",
     grader=grade_number(Q4_EXPECTED, what="parameter count"),
-    hint="How many memory matrices are there, and how big is one? Its side is the length of the "
+    nudge="How many memory matrices are there, and how big is one? Its side is the length of the "
          "vector it reads and writes.",
+    recipe='One d_head x d_head memory per head and layer: layers x heads x d_head ** 2.',
 )
 
 # ----------------------------------------------------------------- Q5: zero init
@@ -94,8 +101,10 @@ Q5_OPTIONS = ("the base model", "prefix tuning with a zero prefix", "neither")
 q5 = Question(
     title="Q5 what a zero memory reproduces",
     grader=grade_choice("the base model", Q5_OPTIONS),
-    hint="For each method, write what it adds to a head's output when its parameters are zero, "
+    nudge="For each method, write what it adds to a head's output when its parameters are zero, "
          "and ask whether anything inside the softmax changes.",
+    recipe="With zero parameters a prefix still adds keys to the softmax, while a zero memory adds nothing: "
+           "which model is left?",
 )
 
 # ----------------------------------------------------------------- Q6: the gate on real text (real model)
@@ -120,7 +129,7 @@ def _grade_layer_gate(function) -> None:
         with torch.no_grad(), record_prefix_attention() as recorded:
             model(input_ids=input_ids)
         expected = recorded[0][0]  # layer 0, the only example: (heads, T)
-        with torch.no_grad():
+        with torch.no_grad(), blocked((prefix, "record_prefix_attention")):  # the recorder would answer it
             result = function(model, input_ids)
         assert isinstance(result, torch.Tensor), f"Return a tensor, not {type(result).__name__}."
         assert result.shape == expected.shape, (
@@ -134,7 +143,12 @@ def _grade_layer_gate(function) -> None:
 q6 = Question(
     title="Q6 the gate lambda(x) on real text",
     grader=_grade_layer_gate,
-    hint="Your gate from Q2 needs each head's own queries, real keys and prefix keys. Which tensor "
+    nudge="Your gate from Q2 needs each head's own queries, real keys and prefix keys. Which tensor "
          "does the first layer's attention read, what do its query and key layers make of it, and "
          "how are 384 features split into heads?",
+    recipe="Take layer 0's attention, compute its queries and keys from the embeddings output, split 384 "
+           "features into 12 heads of 32, get the layer's prefix keys, and apply your Q2 gate per head.",
 )
+
+
+register("04_prefix_tuning_plus.ipynb", globals())  # q.solution() finds the solved code by these names

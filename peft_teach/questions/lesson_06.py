@@ -9,7 +9,8 @@ import math
 
 import torch
 
-from peft_teach.checks import Question, grade_choice, grade_function, grade_number
+from peft_teach import measure
+from peft_teach.checks import Question, grade_choice, grade_function, grade_number, register
 
 # ----------------------------------------------------------------- Q1: mean and sample std
 
@@ -29,8 +30,9 @@ def _mean_and_sample_std(accuracies: torch.Tensor) -> torch.Tensor:
 q1 = Question(
     title="Q1 mean ± sample standard deviation over seeds",
     grader=grade_function(_accuracy_inputs, _mean_and_sample_std, atol=1e-9),
-    hint="With only a few seeds, the spread measured around the *estimated* mean is too small; "
+    nudge="With only a few seeds, the spread measured around the *estimated* mean is too small; "
          "the sample standard deviation corrects for that in its denominator.",
+    recipe='mean over seeds (dim 1); sample std: square root of the sum of squared deviations divided by n - 1.',
 )
 
 # ----------------------------------------------------------------- Q2: optimizer state in bytes
@@ -41,8 +43,10 @@ _HEAD = 384 * 2 + 2
 q2 = Question(
     title="Q2 AdamW's state for LoRA r = 8 (q, v) + head on MiniLM, in bytes",
     grader=grade_number(2 * 4 * (_LORA + _HEAD), what="number of bytes"),
-    hint="Count the trainable values first (each adapted matrix adds A and B; do not forget the head). "
+    nudge="Count the trainable values first (each adapted matrix adds A and B; do not forget the head). "
          "AdamW keeps a few float32 tensors per trainable value.",
+    recipe="Trainable values: 6 layers x 2 matrices x r (384 + 384), plus the head (384 x 2 + 2); AdamW keeps"
+           " 2 float32 values per trainable value: x 2 x 4 bytes.",
 )
 
 # ----------------------------------------------------------------- Q3: barycentric coordinates
@@ -62,7 +66,8 @@ def _to_triangle(scores: torch.Tensor) -> torch.Tensor:
 q3 = Question(
     title="Q3 place (capacity, memory, speed) scores in the triangle",
     grader=grade_function(_score_inputs, _to_triangle, atol=1e-9),
-    hint="Normalise each row so its three scores sum to 1, then use them as weights of the three corners.",
+    nudge="Normalise each row so its three scores sum to 1, then use them as weights of the three corners.",
+    recipe='Divide each row by its sum; multiply the (rows, 3) weights by the (3, 2) corner coordinates.',
 )
 
 # ----------------------------------------------------------------- Q4: counting saved activations
@@ -87,9 +92,12 @@ def _saved_bytes(model, batch) -> torch.Tensor:
 
 q4 = Question(
     title="Q4 count the bytes autograd keeps for backward (MiniLM + LoRA)",
-    grader=grade_function(_activation_inputs, _saved_bytes, atol=0.5),
-    hint="Wrap one training-mode forward in torch.autograd.graph.saved_tensors_hooks. Count each storage "
+    grader=grade_function(_activation_inputs, _saved_bytes, atol=0.5, block=((measure, "saved_activation_bytes"),)),
+    nudge="Wrap one training-mode forward in torch.autograd.graph.saved_tensors_hooks. Count each storage "
          "once, and leave out the model's own parameters and buffers: they exist anyway.",
+    recipe="Note the storages of the parameters and buffers; inside saved_tensors_hooks record every packed "
+           "tensor's storage pointer and byte size; run one training-mode forward; sum the bytes of the "
+           "storages seen once that are not the model's own.",
 )
 
 # ----------------------------------------------------------------- Q5: which method keeps no activations
@@ -97,8 +105,10 @@ q4 = Question(
 q5 = Question(
     title="Q5 which method keeps almost no activations for backward?",
     grader=grade_choice("head only", ("head only", "LoRA", "soft prompt", "prefix", "adapter")),
-    hint="A layer needs its activations kept only if a gradient must flow through it. Where is the lowest "
+    nudge="A layer needs its activations kept only if a gradient must flow through it. Where is the lowest "
          "trainable parameter of each method?",
+    recipe="For each method, find the lowest layer with a trainable parameter: activations below it need no "
+           "gradient.",
 )
 
 # ----------------------------------------------------------------- Q6: capacity on real sentences, from the stored runs
@@ -122,6 +132,10 @@ def _grade_capacity(function) -> None:
 q6 = Question(
     title="Q6 a method's capacity score on SST-2, from the stored protocol runs",
     grader=_grade_capacity,
-    hint="Place the method's mean test accuracy on a scale whose two ends are the two baselines' means: "
+    nudge="Place the method's mean test accuracy on a scale whose two ends are the two baselines' means: "
          "0 at one end, 1 at the other.",
+    recipe='(method mean - head-only mean) / (full fine-tuning mean - head-only mean), from the stored summary.',
 )
+
+
+register("06_design_space.ipynb", globals())  # q.solution() finds the solved code by these names

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from peft_teach import llm, tickets
-from peft_teach.checks import Question, assert_same_tensor, grade_number
+from peft_teach.checks import Question, assert_same_tensor, grade_number, register
 from peft_teach.methods import lora
 
 IGNORE = llm.IGNORE_INDEX
@@ -88,8 +88,11 @@ def _grade_example(function) -> None:
 q1 = Question(
     title="Q1 one training example",
     grader=_grade_example,
-    hint="Build the chat text with the generation prompt, tokenize it without special tokens, then tokenize the "
+    nudge="Build the chat text with the generation prompt, tokenize it without special tokens, then tokenize the "
          "answer followed by the end-of-answer token. The labels repeat the ids where the model must write.",
+    recipe="prompt ids from llm.chat_text(tokenizer, prompt) tokenized without special tokens; answer ids = "
+           "tokenizer(answer) + the end token; input_ids = prompt + answer; labels = -100 for every prompt "
+           "token, then the answer ids.",
 )
 
 # ----------------------------------------------------------------------------- Q2: left padding
@@ -121,8 +124,10 @@ def _grade_padding(function) -> None:
 q2 = Question(
     title="Q2 a left-padded batch",
     grader=_grade_padding,
-    hint="Pad every row to the longest one by putting pad tokens in front. The mask is 0 on padding and 1 on "
+    nudge="Pad every row to the longest one by putting pad tokens in front. The mask is 0 on padding and 1 on "
          "real tokens; padded positions carry no label.",
+    recipe="For each row add (longest - len) pad ids in front; mask 0 there and 1 on the row; labels -100 "
+           "there and the row's labels after.",
 )
 
 # ----------------------------------------------------------------------------- Q3, Q4: counts on SmolLM2
@@ -141,8 +146,10 @@ def _grade_mlp_count(answer) -> None:
 q3 = Question(
     title="Q3 LoRA on the feed-forward layers",
     grader=_grade_mlp_count,
-    hint="r (d_in + d_out) per matrix; read d_in and d_out of gate_proj, up_proj and down_proj from the model "
+    nudge="r (d_in + d_out) per matrix; read d_in and d_out of gate_proj, up_proj and down_proj from the model "
          "(print model.model.layers[0].mlp).",
+    recipe="gate_proj and up_proj are 576 -> 1536, down_proj 1536 -> 576: r (d_in + d_out) each, three "
+           "matrices, 30 layers.",
 )
 
 # prefix of length 16 on SmolLM2: keys and values per layer, per key/value head
@@ -162,7 +169,8 @@ def _grade_prefix_count(answer) -> None:
 q4 = Question(
     title="Q4 a prefix on a grouped-query model",
     grader=_grade_prefix_count,
-    hint="Each layer gets l keys and l values. How many key/value heads does SmolLM2 have, and how wide is each?",
+    nudge="Each layer gets l keys and l values. How many key/value heads does SmolLM2 have, and how wide is each?",
+    recipe='2 (keys and values) x layers x l x key/value heads x head width.',
 )
 
 # ----------------------------------------------------------------------------- Q5: LoRA on the MLP, in the LLM
@@ -228,9 +236,12 @@ def _diagnose_scale(mine, theirs, model, batch, expected: float) -> None:
 q5 = Question(
     title="Q5 LoRA on the feed-forward layers of the real LLM",
     grader=_grade_lora_in_llm,
-    hint="Lesson 07 section 5 wraps q_proj and v_proj; here the targets, r and alpha differ. Keep each base "
+    nudge="Lesson 07 section 5 wraps q_proj and v_proj; here the targets, r and alpha differ. Keep each base "
          "layer frozen, start B at zero, scale the update by alpha / r, and put each new layer where the old "
          "one was (peft_teach.methods.inject.find_modules and replace_module).",
+    recipe="Write an nn.Module holding the frozen base linear, A (random, small) and B (zeros), forward = "
+           "base(x) + (alpha / r) * B(A(x)); replace every target projection in all 30 layers; freeze "
+           "everything else.",
 )
 
 # ----------------------------------------------------------------------------- Q6: the answer loss
@@ -256,8 +267,13 @@ def _grade_answer_loss(function) -> None:
 q6 = Question(
     title="Q6 the loss on the answer tokens",
     grader=_grade_answer_loss,
-    hint="Shift before comparing: logits[:, :-1] predict labels[:, 1:]. Positions labelled -100 must not "
+    nudge="Shift before comparing: logits[:, :-1] predict labels[:, 1:]. Positions labelled -100 must not "
          "count, neither in the sum nor in the number you divide by.",
+    recipe="Shift: logits[:, :-1] and labels[:, 1:]; flatten both; cross_entropy with ignore_index=-100 (it "
+           "averages over the counted positions only).",
 )
 
 QUESTIONS = {"q1": q1, "q2": q2, "q3": q3, "q4": q4, "q5": q5, "q6": q6}
+
+
+register("07_peft_on_a_language_model.ipynb", globals())  # q.solution() finds the solved code by these names
