@@ -217,6 +217,14 @@ def blocked(*targets: tuple[object, str]) -> Iterator[None]:
             setattr(place, key, original)
 
 
+def assert_not_the_package(answer: Any, *targets: tuple[object, str]) -> None:
+    """Handing in the package's own function (one of ``targets``) is not an answer."""
+    assert callable(answer), "Pass the function itself (no parentheses)."
+    for owner, name in targets:
+        if answer is getattr(owner, name):
+            _refusal(f"{getattr(owner, '__name__', owner)}.{name}")()
+
+
 def grade_number(expected: float, tol: float = 0.0, what: str = "value") -> Callable[[Any], None]:
     """A grader for a numeric answer, exact or within ``tol``."""
 
@@ -257,25 +265,39 @@ def assert_same_tensor(result: Any, expected: torch.Tensor, atol: float = 1e-5, 
     assert torch.allclose(result, expected, atol=atol, rtol=0), f"{values_note} (largest difference {largest:.1e})"
 
 
+def name_the_mistake(result: Any, expected: torch.Tensor, inputs: tuple,
+                     known_wrong: dict[str, Callable[..., torch.Tensor]], atol: float) -> None:
+    """Raise with the mistake's name when a wrong ``result`` equals what a known mistake computes."""
+    if not isinstance(result, torch.Tensor) or result.shape != expected.shape:
+        return
+    result = result.to(expected.dtype)
+    if torch.allclose(result, expected, atol=atol, rtol=0):
+        return
+    for mistake, wrong in known_wrong.items():
+        if torch.allclose(result, wrong(*inputs).to(expected.dtype), atol=atol, rtol=0):
+            raise AssertionError(f"Your result is exactly what {mistake} gives.")
+
+
 def grade_function(
     make_inputs: Callable[[], tuple], reference: Callable[..., torch.Tensor], atol: float = 1e-5,
     block: tuple[tuple[object, str], ...] = (),
+    known_wrong: dict[str, Callable[..., torch.Tensor]] | None = None,
 ) -> Callable[[Any], None]:
     """A grader for a function: it must match ``reference`` on generated inputs.
 
     ``block`` names the package functions that would answer the task for the learner:
     they refuse to run while the learner's function does (see :func:`blocked`).
+    ``known_wrong`` maps a classic mistake, said in words, to what it computes; a wrong
+    answer that matches one is told that mistake by name.
     """
 
     def grader(function: Any) -> None:
-        assert callable(function), "Pass the function itself (no parentheses)."
+        assert_not_the_package(function, *block)
         inputs = make_inputs()
         expected = reference(*inputs)
-        for owner, name in block:  # handing in the package's function itself
-            if function is getattr(owner, name):
-                _refusal(f"{getattr(owner, '__name__', owner)}.{name}")()
         with blocked(*block):
             result = function(*inputs)
+        name_the_mistake(result, expected, inputs, known_wrong or {}, atol)
         assert_same_tensor(result, expected, atol)
 
     return grader

@@ -82,3 +82,19 @@ def test_the_courses_multiple_choice_options_are_even_in_length_and_not_all_the_
         assert max(lengths) <= 1.1 * min(lengths), question.title  # the longest option is no giveaway
     seed_0 = {q.title: q.shuffled_choices().index(q.choices[0]) for q in questions if q.seed == 0}
     assert len(set(seed_0.values())) > 1
+
+
+def test_classic_mistakes_are_named():
+    from peft_teach.questions import lesson_00, lesson_01, lesson_02, lesson_05
+
+    cases = [
+        (lesson_00.q1, lambda hidden, mask: hidden.mean(dim=1), "padding included"),
+        (lesson_01.q1, lambda h, wd, bd, wu, bu: torch.relu(h @ wd.T + bd) @ wu.T + bu, "residual"),
+        (lesson_02.q1, lambda q, k: torch.softmax((q.unsqueeze(2) * k).sum(-1) / q.shape[-1] ** 0.5, dim=-1),
+         "1/sqrt(d)"),
+        (lesson_02.q1, lambda q, k: torch.softmax((q.unsqueeze(2) * k).sum(-1), dim=1), "over the tokens"),
+        (lesson_05.q1, lambda x, w, b, a, bb, alpha, r: x @ w.T + b + alpha * (x @ a.T) @ bb.T, "alpha instead"),
+    ]
+    for question, wrong, name in cases:
+        status, message = question._grade(wrong)
+        assert status == checks.INCORRECT and name in message, (question.title, message)

@@ -188,3 +188,38 @@ def test_hints_come_in_tiers_and_the_solution_is_the_solved_notebooks_code(capsy
     namespace = {"torch": torch}
     exec(code, namespace)  # the printed solution is runnable and passes its own check
     assert question.check(namespace["lora_forward"]) == CORRECT
+
+
+def test_real_model_graders_backpropagate_and_reject_code_that_cuts_the_graph(capsys):
+    """Right logits are not enough: code that detaches what trains could never learn, and is marked so."""
+    from peft_teach.questions import lesson_02
+
+    def classify(model, batch, cut=False):
+        mask = batch["attention_mask"]
+        hidden = model.backbone(input_ids=batch["input_ids"], attention_mask=mask).last_hidden_state
+        return model.head(lesson_00_pool(hidden.detach() if cut else hidden, mask))
+
+    def prompt_logits(backbone, prompt, head, batch, cut=False):
+        prompt = prompt.detach() if cut else prompt
+        mask = batch["attention_mask"]
+        embeds = backbone.get_input_embeddings()(batch["input_ids"])
+        embeds = torch.cat([prompt.unsqueeze(0).expand(embeds.shape[0], -1, -1), embeds], dim=1)
+        wide = torch.cat([torch.ones(mask.shape[0], prompt.shape[0], dtype=mask.dtype), mask], dim=1)
+        hidden = backbone(inputs_embeds=embeds, attention_mask=wide).last_hidden_state[:, prompt.shape[0]:]
+        return head(lesson_00_pool(hidden, mask))
+
+    def fusion(layer, hidden, deltas, cut=False):
+        keys = layer.key(deltas)
+        weights = _scores(layer.query(hidden), keys.detach() if cut else keys)
+        return torch.einsum("btn,btnd->btd", weights, layer.value(deltas))
+
+    for question, right in ((lesson_00.q6, classify), (lesson_03.q2, prompt_logits), (lesson_02.q6, fusion)):
+        assert question.check(right) == CORRECT, question.title
+        capsys.readouterr()
+        assert question.check(lambda *args, right=right: right(*args, cut=True)) == INCORRECT, question.title
+        assert "gradient" in capsys.readouterr().out  # named: no gradient, or a different one
+
+
+def lesson_00_pool(hidden, mask):
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)

@@ -113,7 +113,7 @@ def test_q5_lora_in_the_llm(solved, capsys):
     assert Q.q5.check(solved["add_my_lora"]) == CORRECT
     capsys.readouterr()
     assert Q.q5.check(lambda model, targets, r, alpha: lora.add_lora(model, targets, r=r, alpha=alpha)) == INCORRECT
-    assert "write it yourself" in capsys.readouterr().out
+    assert "Write it yourself" in capsys.readouterr().out
     alpha_not_over_r = _lora_variant(solved, lambda m, x: m.base(x) + m.scaling * m.r * (x @ m.lora_A.T @ m.lora_B.T))
     assert Q.q5.check(alpha_not_over_r) == INCORRECT
     assert "r times too large" in capsys.readouterr().out

@@ -12,7 +12,7 @@ import torch
 from .. import models
 from ..checks import Question, blocked, grade_function, grade_number, multiple_choice, register
 from ..models import SequenceClassifier, build_classifier, mean_pool
-from .real_inputs import assert_same_logits, review_batch
+from .real_inputs import assert_same_gradients, assert_same_logits, gradients_of, probe_loss, review_batch
 
 # ----------------------------------------------------------------- Q1: mean pooling
 
@@ -24,7 +24,15 @@ def _pool_inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return hidden, mask
 
 
-q1 = Question("Q1 mean pooling", grade_function(_pool_inputs, mean_pool, block=((models, "mean_pool"),)),
+# Classic wrong answers, each told by name.
+POOLING_MISTAKES = {
+    "averaging over every position, padding included": lambda hidden, mask: hidden.mean(dim=1),
+    "zeroing the padding but dividing by the padded length": lambda hidden, mask: (
+        hidden * mask.unsqueeze(-1)).sum(dim=1) / mask.shape[1],
+}
+
+q1 = Question("Q1 mean pooling", grade_function(_pool_inputs, mean_pool, block=((models, "mean_pool"),),
+                                                known_wrong=POOLING_MISTAKES),
               "Padding positions must add nothing to the sum, and each example is an average over its "
               "own real tokens, not over the padded length. Check how a (batch, tokens) mask can "
               "broadcast against (batch, tokens, d) states.",
@@ -94,11 +102,15 @@ def _grade_classify(function) -> None:
     assert callable(function), "Pass the function itself (no parentheses)."
     model = build_classifier(2, seed=0)  # eval mode: the dropout before the head is off
     batch = review_batch("sentiment", count=8)
-    with torch.no_grad():
-        expected = model(**batch)
-    with torch.no_grad(), blocked(*WHOLE_CLASSIFIER):
+    parameters = dict(model.named_parameters())  # a fresh classifier trains everything
+    expected = model(**batch)
+    probe_loss(expected).backward()
+    theirs = gradients_of(parameters)
+    with blocked(*WHOLE_CLASSIFIER):
         result = function(model, batch)
-    assert_same_logits(result, expected, 1e-5, whose="the classifier's own")
+    assert_same_logits(result, expected.detach(), 1e-5, whose="the classifier's own")
+    probe_loss(result).backward()  # the same function must also train: gradients for the encoder and the head
+    assert_same_gradients(gradients_of(parameters), theirs, atol=1e-5)
 
 
 q6 = Question("Q6 the classifier by hand, on real reviews", _grade_classify,

@@ -35,7 +35,12 @@ def _forward_reference(hidden, w_down, b_down, w_up, b_up) -> torch.Tensor:
 
 q1 = Question(
     title="Q1 the adapter's forward pass",
-    grader=grade_function(_forward_inputs, _forward_reference),
+    grader=grade_function(_forward_inputs, _forward_reference, known_wrong={
+        "the adapter without its residual connection (+ hidden)":
+            lambda h, wd, bd, wu, bu: torch.relu(h @ wd.T + bd) @ wu.T + bu,
+        "the adapter without its nonlinearity":
+            lambda h, wd, bd, wu, bu: h + (h @ wd.T + bd) @ wu.T + bu,
+    }),
     nudge="Read the formula term by term. A weight stored as (out, in), like nn.Linear's, has to be "
          "transposed to act on the last dimension of a (batch, tokens, d) tensor.",
     recipe='bottleneck = relu(hidden @ w_down.T + b_down); return hidden + bottleneck @ w_up.T + b_up.',

@@ -17,7 +17,7 @@ from peft_teach.checks import Question, grade_choice, grade_function, grade_numb
 from peft_teach.data import SOURCE_TASKS
 from peft_teach.methods import adapters, fusion
 from peft_teach.models import build_classifier
-from peft_teach.questions.real_inputs import assert_same_logits, review_batch
+from peft_teach.questions.real_inputs import assert_same_gradients, assert_same_logits, gradients_of, probe_loss, review_batch
 
 # ----------------------------------------------------------------- Q1: attention scores
 
@@ -35,7 +35,12 @@ def _score_reference(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 q1 = Question(
     title="Q1 attention over adapters",
-    grader=grade_function(_score_inputs, _score_reference),
+    grader=grade_function(_score_inputs, _score_reference, known_wrong={
+        "a softmax over the tokens instead of the adapters": lambda q, k: torch.softmax(
+            (q.unsqueeze(2) * k).sum(-1), dim=1),
+        "scaling the dot products by 1/sqrt(d) (AdapterFusion does not)": lambda q, k: torch.softmax(
+            (q.unsqueeze(2) * k).sum(-1) / q.shape[-1] ** 0.5, dim=-1),
+    }),
     nudge="One dot product per token and adapter (over the last dimension), then a softmax "
          "over the adapter dimension, not over tokens.",
     recipe="logits = einsum over the feature dimension of query (b, t, d) and keys (b, t, n, d) giving (b, t,"
@@ -149,19 +154,23 @@ def _grade_fusion_in_the_model(function) -> None:
     assert callable(function), "Pass the function itself (no parentheses)."
     model = _fusion_model()
     batch = review_batch("routing", count=8)
-    with torch.no_grad():
-        expected = model(**batch)  # the package's fusion in all six layers
-        layers = fusion.fusion_layers(model, fusion.fusion_name(list(SOURCE_TASKS)))
+    trained = {name: p for name, p in model.named_parameters() if p.requires_grad}  # the fusion (and head) train
+    expected = model(**batch)  # the package's fusion in all six layers
+    probe_loss(expected).backward()
+    theirs = gradients_of(trained)
+    layers = fusion.fusion_layers(model, fusion.fusion_name(list(SOURCE_TASKS)))
+    for layer in layers:
+        # your function gets only the layer's three linear maps, so it cannot call the package's fusion
+        maps = SimpleNamespace(query=layer.query, key=layer.key, value=layer.value)
+        layer.forward = lambda hidden, deltas, maps=maps: function(maps, hidden, deltas)
+    try:
+        result = model(**batch)
+    finally:
         for layer in layers:
-            # your function gets only the layer's three linear maps, so it cannot call the package's fusion
-            maps = SimpleNamespace(query=layer.query, key=layer.key, value=layer.value)
-            layer.forward = lambda hidden, deltas, maps=maps: function(maps, hidden, deltas)
-        try:
-            result = model(**batch)
-        finally:
-            for layer in layers:
-                del layer.forward  # back to the package's forward
-    assert_same_logits(result, expected, 1e-4, whose="the package's fusion (yours is in all six layers)")
+            del layer.forward  # back to the package's forward
+    assert_same_logits(result, expected.detach(), 1e-4, whose="the package's fusion (yours is in all six layers)")
+    probe_loss(result).backward()
+    assert_same_gradients(gradients_of(trained), theirs, atol=1e-5)
 
 
 q6 = Question(

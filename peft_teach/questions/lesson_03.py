@@ -13,7 +13,7 @@ import torch
 from peft_teach.checks import Question, grade_choice, grade_function, grade_number, register
 from peft_teach.methods.prompts import add_soft_prompt, remove_soft_prompt
 from peft_teach.models import build_classifier
-from peft_teach.questions.real_inputs import assert_same_logits, review_batch
+from peft_teach.questions.real_inputs import assert_same_gradients, assert_same_logits, gradients_of, probe_loss, review_batch
 
 # ----------------------------------------------------------------- Q1: prompt concatenation
 
@@ -48,13 +48,15 @@ def _grade_prompt_logits(function) -> None:
     model = build_classifier(2, seed=0)
     add_soft_prompt(model, length=PROMPT_LENGTH, init="vocab", seed=0)
     batch = review_batch("sentiment", count=8)
-    with torch.no_grad():
-        expected = model(**batch)  # the package's prompt-tuned classifier (eval mode)
-    prompt = model.soft_prompt.weight.detach().clone()
+    expected = model(**batch)  # the package's prompt-tuned classifier (eval mode)
+    probe_loss(expected).backward()
+    theirs = gradients_of({"the prompt": model.soft_prompt.weight})
+    prompt = model.soft_prompt.weight.detach().clone().requires_grad_(True)  # what trains: the prompt alone
     remove_soft_prompt(model)  # the backbone is the plain base model again: no hook does the work for you
-    with torch.no_grad():
-        result = function(model.backbone, prompt, model.head, batch)
-    assert_same_logits(result, expected, 1e-5, whose="the package's prompt-tuned model")
+    result = function(model.backbone, prompt, model.head, batch)
+    assert_same_logits(result, expected.detach(), 1e-5, whose="the package's prompt-tuned model")
+    probe_loss(result).backward()
+    assert_same_gradients(gradients_of({"the prompt": prompt}), theirs, atol=1e-5)
 
 
 q2 = Question(

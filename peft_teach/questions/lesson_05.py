@@ -35,7 +35,14 @@ def _forward_reference(x, weight, bias, lora_a, lora_b, alpha, r) -> torch.Tenso
 
 q1 = Question(
     title="Q1 LoRA forward pass",
-    grader=grade_function(_forward_inputs, _forward_reference, atol=1e-4),
+    grader=grade_function(_forward_inputs, _forward_reference, atol=1e-4, known_wrong={
+        "scaling by alpha instead of alpha / r": lambda x, w, b, a, bb, alpha, r: (
+            torch.nn.functional.linear(x, w, b) + alpha * (x @ a.T) @ bb.T),
+        "the low-rank update without the frozen path W0 x + b": lambda x, w, b, a, bb, alpha, r: (
+            (alpha / r) * (x @ a.T) @ bb.T),
+        "forgetting the scaling alpha / r": lambda x, w, b, a, bb, alpha, r: (
+            torch.nn.functional.linear(x, w, b) + (x @ a.T) @ bb.T),
+    }),
     nudge="Check each term of the formula on its own: the frozen path is an ordinary linear layer, "
          "the low-rank path must pass through r numbers per token, and the scaling enters once. "
          "Weights are stored (out, in).",

@@ -8,16 +8,13 @@ task is about raise a "write it yourself" error, so calling them cannot pass.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from functools import lru_cache
-from unittest import mock
 
 import torch
 from torch import nn
 
 from peft_teach import llm, tickets
-from peft_teach.checks import Question, assert_same_tensor, grade_number, register
+from peft_teach.checks import Question, assert_not_the_package, assert_same_tensor, blocked, grade_number, register
 from peft_teach.methods import lora
 
 IGNORE = llm.IGNORE_INDEX
@@ -39,37 +36,15 @@ def _tickets(count: int = 3):
     return tickets.load_tickets()["validation"].select(range(count))
 
 
-@contextmanager
-def write_it_yourself(*targets: tuple[object, str]) -> Iterator[None]:
-    """While grading, the named package functions raise instead of answering for the learner."""
-
-    def refuse(name: str):
-        def refused(*args, **kwargs):
-            raise AssertionError(f"Your code called the package's {name}: this task asks you to write it yourself.")
-        return refused
-
-    with ExitStack() as stack:
-        for owner, name in targets:
-            stack.enter_context(mock.patch.object(owner, name, refuse(name)))
-        yield
-
-
-def not_the_package(function, *originals) -> None:
-    """Handing in the package's own function is not an answer."""
-    assert callable(function), "Pass the function itself (no parentheses)."
-    assert all(function is not original for original in originals), (
-        "That is the package's own function: this task asks you to write it yourself.")
-
-
 # ----------------------------------------------------------------------------- Q1: one training example
 
 
 def _grade_example(function) -> None:
-    not_the_package(function, llm.encode_example)
+    assert_not_the_package(function, (llm, "encode_example"))
     tokenizer = _tokenizer()
     for row in _tickets():
         expected_ids, expected_labels = llm.encode_example(tokenizer, row["prompt"], row["answer"])
-        with write_it_yourself((llm, "encode_example"), (llm, "collate_lm")):
+        with blocked((llm, "encode_example"), (llm, "collate_lm")):
             result = function(tokenizer, row["prompt"], row["answer"])
         assert isinstance(result, tuple) and len(result) == 2, "Return a pair: (input_ids, labels)."
         ids, labels = (list(map(int, part)) for part in result)
@@ -99,12 +74,12 @@ q1 = Question(
 
 
 def _grade_padding(function) -> None:
-    not_the_package(function, llm.collate_lm)
+    assert_not_the_package(function, (llm, "collate_lm"))
     tokenizer = _tokenizer()
     rows = _tickets()
     pairs = [llm.encode_example(tokenizer, row["prompt"], row["answer"]) for row in rows]
     expected = llm.collate_lm(tokenizer, list(rows))
-    with write_it_yourself((llm, "collate_lm")):
+    with blocked((llm, "collate_lm")):
         result = function(pairs, tokenizer.pad_token_id)
     assert isinstance(result, dict), "Return a dict with input_ids, attention_mask and labels."
     missing = {"input_ids", "attention_mask", "labels"} - set(result)
@@ -183,11 +158,11 @@ def _ticket_batch(count: int = 2) -> dict[str, torch.Tensor]:
 
 
 def _grade_lora_in_llm(function) -> None:
-    not_the_package(function, lora.add_lora)
+    assert_not_the_package(function, (lora, "add_lora"))
     reference = copy.deepcopy(_base_llm())
     theirs = lora.add_lora(reference, Q5_TARGETS, r=Q5_RANK, alpha=Q5_ALPHA, seed=0)
     model = copy.deepcopy(_base_llm())
-    with write_it_yourself((lora, "add_lora"), (lora, "LoRALinear")):
+    with blocked((lora, "add_lora"), (lora, "LoRALinear")):
         mine = function(model, Q5_TARGETS, Q5_RANK, Q5_ALPHA)
     assert isinstance(mine, dict), "Return the new layers in a dict: {module name: layer}."
     assert set(mine) == set(theirs), (f"You adapted {len(mine)} layers; {len(theirs)} gate_proj and up_proj layers "
@@ -248,13 +223,13 @@ q5 = Question(
 
 
 def _grade_answer_loss(function) -> None:
-    not_the_package(function, llm.answer_loss)
+    assert_not_the_package(function, (llm, "answer_loss"))
     batch = _ticket_batch(3)
     with torch.no_grad():
         logits = _base_llm()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     labels = batch["labels"]
     expected = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
-    with write_it_yourself((llm, "answer_loss")):
+    with blocked((llm, "answer_loss")):
         result = function(logits.clone(), labels.clone())
     assert isinstance(result, torch.Tensor) and result.dim() == 0, "Return the loss as a scalar tensor."
     unshifted = nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)

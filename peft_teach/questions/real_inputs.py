@@ -48,3 +48,38 @@ def assert_same_logits(result, expected: torch.Tensor, atol: float, whose: str) 
     assert_same_tensor(result, expected, atol, shape_note=" One row of class scores per review.",
                        values_note=f"The shape is right, but the logits differ from {whose} "
                                    f"on these {len(expected)} real reviews.")
+
+
+def probe_loss(logits: torch.Tensor) -> torch.Tensor:
+    """A scalar whose gradient reaches every logit with a different weight (seeded, the same every time).
+
+    Graders backpropagate it through the learner's code and through the package's: equal logits
+    with different gradients mean the learner's code cut the graph (``.detach()``, ``.data``).
+    """
+    weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(99))
+    return (logits * weights.to(logits.dtype)).sum()
+
+
+def gradients_of(named: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | None]:
+    """Each tensor's gradient (cloned, or None), then the gradients are cleared for the next pass."""
+    grads = {name: None if t.grad is None else t.grad.detach().clone() for name, t in named.items()}
+    for tensor in named.values():
+        tensor.grad = None
+    return grads
+
+
+def assert_same_gradients(mine: dict[str, torch.Tensor | None], theirs: dict[str, torch.Tensor | None],
+                          atol: float = 1e-5) -> None:
+    """The learner's gradients against the package's, tensor by tensor, with a message naming the first one off.
+
+    Tensors the package's own forward leaves without a gradient (an unused pooler) are skipped.
+    """
+    reached = {name: grad for name, grad in theirs.items() if grad is not None}
+    assert reached, "Grader bug: no gradient reached any tensor of the package's model."
+    for name, expected in reached.items():
+        grad = mine.get(name)
+        assert grad is not None, (f"No gradient reached {name}: your code cuts it from the graph "
+                                  "(.detach(), .data or torch.no_grad), so it could never train.")
+        largest = (grad - expected).abs().max().item()
+        assert largest <= atol + 1e-3 * expected.abs().max().item(), (
+            f"The outputs agree but the gradient of {name} does not (largest difference {largest:.1e}).")
