@@ -180,6 +180,30 @@ def settings(recipe: dict) -> dict:
     return {key: value for key, value in recipe.items() if key not in DESCRIPTIVE}
 
 
+# Recipe entries that decide only some runs: a method's learning-rate grid decides that method's runs
+# (keys "method|..."), and an entry named like a run ("live") decides that run alone.
+PER_RUN = ("lr_grid", "live")
+
+
+def shared_settings(recipe: dict) -> dict:
+    """The settings every run depends on."""
+    return {key: value for key, value in settings(recipe).items() if key not in PER_RUN}
+
+
+def own_setting(recipe: dict, key: str):
+    """The part of ``recipe`` that decides run ``key`` alone (None if there is none)."""
+    if key in PER_RUN:
+        return recipe.get(key)
+    return recipe.get("lr_grid", {}).get(key.split("|")[0])
+
+
+def still_valid(runs: dict, old: dict, new: dict) -> dict:
+    """The stored runs that ``new`` would compute exactly as ``old`` did: shared and own settings unchanged."""
+    if shared_settings(old) != shared_settings(new):
+        return {}
+    return {key: run for key, run in runs.items() if own_setting(old, key) == own_setting(new, key)}
+
+
 SELECTION = ("final validation accuracy of seed 0, ties to the smaller learning rate; a best rate at the edge "
              "of the grid adds the next half-decade rate beyond it (at most twice)")
 PROBE_RULE = (f"; a method still rising in its last epoch gets one seed-0 run with "
@@ -189,15 +213,21 @@ PROBE_RULE = (f"; a method still rising in its last epoch gets one seed-0 run wi
 class ResumableStore:
     """``peft_teach/precomputed/<name>.json``, written after every finished run.
 
-    A stored file whose recipe differs from ``recipe`` is started afresh: stored runs
-    always follow the current recipe (tests/test_protocol.py checks this too).
+    Stored runs always follow the current recipe (tests/test_protocol.py checks this too): when
+    the recipe changes, the runs it would compute differently are dropped and the others kept,
+    so adding a method, or changing one method's grid, does not throw away the other methods.
     """
 
     def __init__(self, name: str, recipe: dict):
         self.name, self.file = name, path(name)
         stored = json.loads(self.file.read_text()) if self.file.exists() else {}
-        if stored and settings(stored["recipe"]) == settings(recipe):
-            stored["recipe"] = recipe  # only the wording changed: every stored run is still valid
+        if stored:
+            kept = still_valid(stored["runs"], stored["recipe"], recipe)
+            dropped = sorted(set(stored["runs"]) - set(kept))
+            if dropped:
+                print(f"{name}: the recipe changed; recomputing {', '.join(dropped)}", flush=True)
+            stored.update(recipe=recipe, runs=kept,
+                          seconds=sum(run.get("seconds", 0) for run in kept.values()))
         else:
             stored = {"recipe": recipe, "runs": {}, "machine": machine_info(), "seconds": 0}
         self.stored = stored

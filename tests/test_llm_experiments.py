@@ -95,6 +95,26 @@ def test_a_killed_job_resumes_after_its_last_stored_run(tmp_path):
     assert first == done  # the restart skips every stored run and goes on with the next one
 
 
+def test_a_changed_recipe_drops_only_the_runs_it_changes(tmp_path, monkeypatch):
+    """Adding a method or changing one grid keeps the other methods' runs; a shared setting drops them all."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import precompute
+
+    monkeypatch.setattr(precompute, "path", lambda name: tmp_path / f"{name}.json")
+    recipe = {"steps": 100, "lr_grid": {"lora": [1e-3], "prefix": [1e-2]}, "live": {"steps": 30}, "task": "words"}
+    store = precompute.ResumableStore("demo", recipe)
+    for key in ("zero_shot", "live", "lora|lr=0.001|seed=0", "prefix|lr=0.01|seed=0"):
+        store.get(key, lambda: {"test": 1})
+    grown = {**recipe, "lr_grid": {"lora": [1e-3], "prefix": [3e-2], "adapter": [3e-3]}, "task": "new words"}
+    kept = precompute.ResumableStore("demo", grown).stored
+    assert set(kept["runs"]) == {"zero_shot", "live", "lora|lr=0.001|seed=0"}  # prefix's grid changed
+    assert kept["recipe"] == grown
+    shorter_live = precompute.ResumableStore("demo", {**grown, "live": {"steps": 20}}).stored
+    assert "live" not in shorter_live["runs"] and "zero_shot" in shorter_live["runs"]
+    longer = precompute.ResumableStore("demo", {**grown, "steps": 200}).stored
+    assert longer["runs"] == {} and longer["seconds"] == 0
+
+
 def test_the_difference_interval_is_zero_for_a_method_against_itself_and_covers_seeds():
     references = tickets.load_tickets(n_train=4, n_validation=4, n_test=40)["test"]
     right = list(references["answer"])
@@ -127,15 +147,23 @@ def test_summarize_picks_the_rate_on_validation_and_averages_that_rates_seeds():
     assert row["lr"] == best and row["grid"] == {other: 0.2, best: 0.5}
     assert row["test"]["all_fields"] == pytest.approx((0.6, 0.2))  # mean and sample std of 0.4, 0.6, 0.8
     assert row["final_loss"] == pytest.approx((2.0, 1.0)) and row["loss_curve"] == pytest.approx([2.0, 2.0])
-    assert summary["prefix"] is None and summary["soft_prompt"] is None  # nothing stored: "not yet"
+    assert all(summary[m] is None for m in E.METHODS if m != "lora")  # nothing stored: "not yet"
     del runs[f"lora|lr={best:g}|seed=2"]
     assert E.summarize(runs)["lora"] is None  # a seed missing at the chosen rate: not yet either
 
 
+# The methods whose stored runs lesson 07's reading quotes: they must be complete. The adapter and
+# Prefix-Tuning+ joined the comparison later; until their runs are stored the table says "not yet".
+READ_IN_THE_LESSON = ("lora", "prefix", "soft_prompt")
+
+
 def test_summarize_reads_the_stored_comparison():
     summary = E.summarize(precomputed.load("llm_tickets")["runs"])
+    for method in READ_IN_THE_LESSON:
+        assert summary[method] is not None, f"{method}: runs missing; python scripts/precompute.py llm_tickets"
     for method, row in summary.items():
-        assert row is not None, f"{method}: runs missing; python scripts/precompute.py llm_tickets"
+        if row is None:
+            continue
         assert row["lr"] in row["grid"] and len(row["runs"]) == len(E.SEEDS)
         assert row["grid"][row["lr"]] == max(row["grid"].values())
 
