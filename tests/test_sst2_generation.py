@@ -69,7 +69,8 @@ def test_the_difference_interval_reads_sst2_answers(data):
 
 
 def test_the_sst2_comparison_has_the_ticket_methods_with_grids_around_their_ticket_rates():
-    assert set(E.SST2.methods) == set(E.TICKETS.methods)
+    # SST-2 runs the three methods stored before the adapter and Prefix-Tuning+ joined the ticket comparison
+    assert set(E.SST2.methods) == {"lora", "prefix", "soft_prompt"} < set(E.TICKETS.methods)
     chosen_on_tickets = {"lora": 1e-2, "prefix": 1e-1, "soft_prompt": 1e-2}
     for method, spec in E.SST2.methods.items():
         assert sorted(spec.lr_grid)[1] == chosen_on_tickets[method], method
