@@ -235,6 +235,7 @@ def grade_number(expected: float, tol: float = 0.0, what: str = "value") -> Call
         # Never say which way the answer is off: that would let a learner find it by bisection.
         assert abs(answer - expected) <= tol, f"Your {what} does not match; recompute it step by step."
 
+    grader.expected, grader.tol = expected, tol  # read by the tests' table of wrong answers
     return grader
 
 
@@ -245,6 +246,7 @@ def grade_choice(expected: str, options: tuple[str, ...]) -> Callable[[Any], Non
         assert answer in options, f"Answer with one of {list(options)}."
         assert answer == expected, "That is not the option the measurements support."
 
+    grader.expected, grader.options = expected, options  # read by the tests' table of wrong answers
     return grader
 
 
@@ -300,4 +302,6 @@ def grade_function(
         name_the_mistake(result, expected, inputs, known_wrong or {}, atol)
         assert_same_tensor(result, expected, atol)
 
+    # read by the tests' table of wrong answers
+    grader.make_inputs, grader.reference, grader.known_wrong, grader.block = make_inputs, reference, known_wrong, block
     return grader

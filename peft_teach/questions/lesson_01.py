@@ -9,6 +9,8 @@ the grader on an identical copy of the model when the check runs.
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
+from types import SimpleNamespace
 
 import torch
 
@@ -16,7 +18,7 @@ from peft_teach.checks import Question, grade_function, grade_number, multiple_c
 from peft_teach.methods import adapters
 from peft_teach.methods.adapters import BottleneckAdapter
 from peft_teach.models import build_classifier
-from peft_teach.questions.real_inputs import review_batch
+from peft_teach.questions.real_inputs import grade_in_the_model, review_batch
 
 # ----------------------------------------------------------------- Q1: adapter forward
 
@@ -162,6 +164,76 @@ q6 = multiple_choice(
           "out? Then follow the chain rule from the adapter's output back to that tensor.",
     recipe="Check which tensors did not move against the chain rule: the gradient of W_down goes through "
            "W_up, which is zero at the first step.",
+)
+
+# ----------------------------------------------------------------- Q7: your adapter inside the real model
+
+# Not the lesson's settings: Houlsby placement (two adapters per layer), m = d / 8 = 48, and a scale s.
+Q7_CONFIG = adapters.AdapterConfig("houlsby", reduction_factor=8, scaling=0.5)
+
+
+def houlsby_model() -> torch.nn.Module:
+    """MiniLM with Houlsby adapters (rf 8, s = 0.5), their up-projections random so every adapter changes its layer."""
+    model = build_classifier(2, seed=0)
+    adapters.add_adapter(model, "task", Q7_CONFIG, seed=0)
+    generator = torch.Generator().manual_seed(17)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if ".adapters.task.up." in name:
+                parameter.normal_(0.0, 0.05, generator=generator)  # a fresh adapter's W_up is 0: nothing to test
+    return model.eval()
+
+
+@contextmanager
+def adapters_replaced_by(model: torch.nn.Module, function):
+    """Every adapter of ``model`` runs ``function(maps, a)`` instead of the package's forward.
+
+    ``maps`` holds only the adapter's two linear maps and its scale, so the function cannot
+    call the package's adapter. The fusion-ready code path reads the adapter's change, so the
+    change is the learner's output minus what the adapter read.
+    """
+    layers = [point.adapters["task"] for point in adapters.adapter_layers(model).values()]
+    for layer in layers:
+        maps = SimpleNamespace(down=layer.down, up=layer.up, scaling=layer.scaling)
+        layer.delta = lambda a, maps=maps: function(maps, a) - a
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.delta  # the package's own again
+
+
+def _no_residual(maps, a):
+    return maps.scaling * maps.up(torch.relu(maps.down(a)))
+
+
+def _no_scale(maps, a):
+    return a + maps.up(torch.relu(maps.down(a)))
+
+
+def _no_nonlinearity(maps, a):
+    return a + maps.scaling * maps.up(maps.down(a))
+
+
+Q7_MISTAKES = {
+    "an adapter without its residual connection (+ a)": _no_residual,
+    "an adapter without its scale s": _no_scale,
+    "an adapter without its nonlinearity": _no_nonlinearity,
+}
+
+
+def _grade_adapter_in_the_model(function) -> None:
+    grade_in_the_model(function, houlsby_model, adapters_replaced_by, task="sentiment",
+                       block=((BottleneckAdapter, "forward"), (BottleneckAdapter, "delta")),
+                       known_wrong=Q7_MISTAKES, train_steps=3)
+
+
+q7 = Question(
+    title="Q7 your adapter inside the real model, trained 3 steps",
+    grader=_grade_adapter_in_the_model,
+    nudge="Your Q1 formula again, but with the layer's own maps (maps.down and maps.up already add their "
+          "biases) and the scale s in front of the adapter's change, not in front of the skip connection.",
+    recipe="return a + maps.scaling * maps.up(relu(maps.down(a))).",
 )
 
 

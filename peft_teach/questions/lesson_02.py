@@ -8,6 +8,7 @@ all-MiniLM-L6-v2 with the learner's fusion in every layer.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
@@ -17,7 +18,7 @@ from peft_teach.checks import Question, grade_choice, grade_function, grade_numb
 from peft_teach.data import SOURCE_TASKS
 from peft_teach.methods import adapters, fusion
 from peft_teach.models import build_classifier
-from peft_teach.questions.real_inputs import assert_same_gradients, assert_same_logits, gradients_of, probe_loss, review_batch
+from peft_teach.questions.real_inputs import grade_in_the_model
 
 # ----------------------------------------------------------------- Q1: attention scores
 
@@ -134,7 +135,7 @@ def _fusion_model() -> torch.nn.Module:
     fusion is nearly uniform with V = I; random weights make a forgotten key, value or
     softmax show up in the logits.
     """
-    model = build_classifier(2, seed=0)
+    model = build_classifier(5, seed=0)  # the five routing teams
     for i, name in enumerate(SOURCE_TASKS):
         adapters.add_adapter(model, name, adapters.AdapterConfig("pfeiffer"), seed=i)
     fusion.add_fusion(model, list(SOURCE_TASKS), seed=0)
@@ -150,31 +151,50 @@ def _fusion_model() -> torch.nn.Module:
     return model.eval()
 
 
-def _grade_fusion_in_the_model(function) -> None:
-    assert callable(function), "Pass the function itself (no parentheses)."
-    model = _fusion_model()
-    batch = review_batch("routing", count=8)
-    trained = {name: p for name, p in model.named_parameters() if p.requires_grad}  # the fusion (and head) train
-    expected = model(**batch)  # the package's fusion in all six layers
-    probe_loss(expected).backward()
-    theirs = gradients_of(trained)
+@contextmanager
+def fusion_replaced_by(model: torch.nn.Module, function):
+    """Every layer's fusion runs ``function(maps, hidden, deltas)``; ``maps`` holds only its three linear maps,
+    so the function cannot call the package's fusion."""
     layers = fusion.fusion_layers(model, fusion.fusion_name(list(SOURCE_TASKS)))
     for layer in layers:
-        # your function gets only the layer's three linear maps, so it cannot call the package's fusion
         maps = SimpleNamespace(query=layer.query, key=layer.key, value=layer.value)
         layer.forward = lambda hidden, deltas, maps=maps: function(maps, hidden, deltas)
     try:
-        result = model(**batch)
+        yield
     finally:
         for layer in layers:
             del layer.forward  # back to the package's forward
-    assert_same_logits(result, expected.detach(), 1e-4, whose="the package's fusion (yours is in all six layers)")
-    probe_loss(result).backward()
-    assert_same_gradients(gradients_of(trained), theirs, atol=1e-5)
+
+
+def _scaled_scores(maps, hidden, deltas):
+    weights = torch.softmax((maps.query(hidden).unsqueeze(2) * maps.key(deltas)).sum(-1) / hidden.shape[-1] ** 0.5, -1)
+    return (weights.unsqueeze(-1) * maps.value(deltas)).sum(2)
+
+
+def _softmax_over_tokens(maps, hidden, deltas):
+    weights = torch.softmax((maps.query(hidden).unsqueeze(2) * maps.key(deltas)).sum(-1), dim=1)
+    return (weights.unsqueeze(-1) * maps.value(deltas)).sum(2)
+
+
+def _no_value_map(maps, hidden, deltas):
+    weights = torch.softmax((maps.query(hidden).unsqueeze(2) * maps.key(deltas)).sum(-1), dim=-1)
+    return (weights.unsqueeze(-1) * deltas).sum(2)
+
+
+Q6_MISTAKES = {
+    "scaling the dot products by 1/sqrt(d) (AdapterFusion does not)": _scaled_scores,
+    "a softmax over the tokens instead of the adapters": _softmax_over_tokens,
+    "mixing the adapters' changes without the value map V": _no_value_map,
+}
+
+
+def _grade_fusion_in_the_model(function) -> None:
+    grade_in_the_model(function, _fusion_model, fusion_replaced_by, task="routing",
+                       known_wrong=Q6_MISTAKES, train_steps=3)
 
 
 q6 = Question(
-    title="Q6 your fusion inside the real model",
+    title="Q6 your fusion inside the real model, trained 3 steps",
     grader=_grade_fusion_in_the_model,
     nudge="The layer's three maps give you the query, the keys and the values; Q1 and Q2 already do the rest. "
          "Which of the two inputs does each map read?",

@@ -7,13 +7,16 @@ unmerged LoRA model when the check runs.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
-from peft_teach.checks import Question, blocked, grade_function, grade_number, multiple_choice, register
+from peft_teach.checks import Question, assert_not_the_package, blocked, grade_function, grade_number, multiple_choice, register
 from peft_teach.methods import lora
 from peft_teach.models import build_classifier
-from peft_teach.questions.real_inputs import review_batch
+from peft_teach.methods.inject import replace_module
+from peft_teach.questions.real_inputs import grade_in_the_model, review_batch
 
 # ----------------------------------------------------------------------------- Q1: forward
 
@@ -192,7 +195,120 @@ q6 = Question(
            "frozen bias, and put it in the layer's place with replace_module.",
 )
 
-QUESTIONS = {"q1": q1, "q2": q2, "q3": q3, "q4": q4, "q5": q5, "q6": q6}
+# ----------------------------------------------------------------------------- Q7: your LoRA layer (real model)
+
+# Not the lesson's settings: the feed-forward layers (384 -> 1536 -> 384), r = 4, alpha = 12 (scale 3).
+Q7_TARGETS = ("intermediate.dense", r".*\.layer\.\d+\.output\.dense")
+Q7_R, Q7_ALPHA = 4, 12
+
+
+def feed_forward_lora_model() -> torch.nn.Module:
+    """MiniLM with LoRA on both feed-forward layers of every block, B random so the update counts."""
+    model = build_classifier(2, seed=0)
+    lora.add_lora(model, Q7_TARGETS, r=Q7_R, alpha=Q7_ALPHA, seed=0)
+    generator = torch.Generator().manual_seed(57)
+    with torch.no_grad():
+        for layer in lora.lora_layers(model).values():
+            layer.lora_B.normal_(0.0, 0.02, generator=generator)
+    return model.eval()
+
+
+@contextmanager
+def lora_layers_replaced_by(model: torch.nn.Module, layer_class):
+    """Every LoRA layer of ``model`` becomes ``layer_class(base_layer, r, alpha)`` with the package's A and B.
+
+    The frozen layer is handed over trainable, as a fresh ``nn.Linear`` is: freezing it is the
+    learner's job. A fresh layer must compute exactly what the frozen one does.
+    """
+    packaged = lora.lora_layers(model)
+    x = torch.randn(3, 384, generator=torch.Generator().manual_seed(5))
+    try:
+        for name, layer in packaged.items():
+            layer.base_layer.requires_grad_(True)
+            yours = layer_class(layer.base_layer, Q7_R, Q7_ALPHA)
+            for part, shape in (("lora_A", layer.lora_A.shape), ("lora_B", layer.lora_B.shape)):
+                tensor = getattr(yours, part, None)
+                assert isinstance(tensor, nn.Parameter), (
+                    f"Your layer needs a parameter named {part} (an nn.Parameter), as the lesson's has.")
+                assert tensor.shape == shape, (
+                    f"In {name}, your {part} has shape {tuple(tensor.shape)}, expected {tuple(shape)} "
+                    "(A is r x d_in, B is d_out x r).")
+            probe = x if layer.base_layer.in_features == 384 else torch.randn(3, layer.base_layer.in_features)
+            with torch.no_grad():
+                assert torch.allclose(yours(probe), layer.base_layer(probe), atol=1e-6), (
+                    f"A fresh layer of yours in {name} does not compute what the frozen layer does: at the "
+                    "start, B A must be zero.")
+                yours.lora_A.copy_(layer.lora_A)
+                yours.lora_B.copy_(layer.lora_B)
+            replace_module(model, name, yours)
+        yield
+    finally:
+        for name, layer in packaged.items():
+            replace_module(model, name, layer)
+            layer.base_layer.requires_grad_(False)
+
+
+class _Wrong(nn.Module):
+    """Known wrong LoRA layers for the grader: each overrides one line of a right one."""
+
+    def __init__(self, base_layer, r, alpha):
+        super().__init__()
+        self.base_layer = base_layer.requires_grad_(False)
+        self.lora_A = nn.Parameter(torch.zeros(r, base_layer.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, r))
+        self.scaling = alpha / r
+
+    def update(self, x):
+        return x @ self.lora_A.T @ self.lora_B.T
+
+    def forward(self, x):
+        return self.base_layer(x) + self.scaling * self.update(x)
+
+
+class _AlphaNotAlphaOverR(_Wrong):
+    def __init__(self, base_layer, r, alpha):
+        super().__init__(base_layer, r, alpha)
+        self.scaling = alpha
+
+
+class _NoScaling(_Wrong):
+    def __init__(self, base_layer, r, alpha):
+        super().__init__(base_layer, r, alpha)
+        self.scaling = 1.0
+
+
+class _AlphaOverSqrtR(_Wrong):
+    def __init__(self, base_layer, r, alpha):
+        super().__init__(base_layer, r, alpha)
+        self.scaling = alpha / r**0.5
+
+
+Q7_MISTAKES = {
+    "scaling by alpha instead of alpha / r": _AlphaNotAlphaOverR,
+    "forgetting the scaling alpha / r": _NoScaling,
+    "scaling by alpha / sqrt(r) (rsLoRA's scale, not LoRA's)": _AlphaOverSqrtR,
+}
+
+
+def _grade_lora_layer(layer_class) -> None:
+    assert isinstance(layer_class, type), "Pass your class itself (no parentheses), e.g. q7.check(MyLoRALinear)."
+    assert_not_the_package(layer_class, (lora, "LoRALinear"))
+    grade_in_the_model(layer_class, feed_forward_lora_model, lora_layers_replaced_by, task="sentiment",
+                       block=((lora.LoRALinear, "__init__"), (lora.LoRALinear, "forward")),
+                       known_wrong=Q7_MISTAKES, train_steps=3)
+
+
+q7 = Question(
+    title="Q7 your LoRA layer in the feed-forward layers, trained 3 steps",
+    grader=_grade_lora_layer,
+    nudge="Three duties: keep the frozen layer and freeze it, make A (r x d_in, small random) and B (d_out x r, "
+          "zero) parameters, and add (alpha / r) B A x to the frozen layer's output.",
+    recipe="__init__: store base_layer, call requires_grad_(False) on its parameters, lora_A = "
+           "nn.Parameter(randn(r, d_in) * 0.01), lora_B = nn.Parameter(zeros(d_out, r)), scaling = alpha / r; "
+           "forward: base_layer(x) + scaling * (x @ lora_A.T @ lora_B.T).",
+)
+
+QUESTIONS = {"q1": q1, "q2": q2, "q3": q3, "q4": q4, "q5": q5, "q6": q6, "q7": q7}
 
 
 register("05_lora.ipynb", globals())  # q.solution() finds the solved code by these names

@@ -6,11 +6,16 @@ task, so the reference it compares with is computed at grading time, never store
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
+from transformers import AttentionInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from ..checks import assert_same_tensor
+from ..checks import assert_not_the_package, assert_same_tensor, blocked
 from ..data import load_task
 from ..models import load_tokenizer
 
@@ -83,3 +88,79 @@ def assert_same_gradients(mine: dict[str, torch.Tensor | None], theirs: dict[str
         largest = (grad - expected).abs().max().item()
         assert largest <= atol + 1e-3 * expected.abs().max().item(), (
             f"The outputs agree but the gradient of {name} does not (largest difference {largest:.1e}).")
+
+
+def trained_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor], steps: int, lr: float) -> list[float]:
+    """The loss of ``steps`` AdamW steps on one labelled batch (eval mode: no dropout, the same every time)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    losses = []
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(model(**inputs), batch["labels"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def grade_in_the_model(answer, build_model: Callable[[], torch.nn.Module], install: Callable, task: str,
+                       atol: float = 1e-4, block: tuple = (), known_wrong: dict | None = None,
+                       train_steps: int = 0, lr: float = 1e-2) -> None:
+    """Grade the learner's piece of a method inside the real MiniLM, as the package runs it.
+
+    ``build_model()`` gives the package's model (eval mode, weights perturbed so that every part
+    matters); ``install(model, answer)`` is a context manager that puts ``answer`` in the place of
+    the package's code in every layer. Checked in order: the logits on 8 real reviews of ``task``,
+    the gradients of every trainable tensor (a probe loss through both), and, with ``train_steps``,
+    a short training run whose losses must fall exactly like the package's. ``known_wrong`` maps a
+    classic mistake, in words, to an answer that makes it: a wrong answer that gives the same
+    logits is told that mistake by name. ``block``: package functions that refuse to run meanwhile.
+    """
+    assert_not_the_package(answer, *block)
+    batch = review_batch(task, count=8, with_labels=True)
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    model = build_model()
+    untouched = copy.deepcopy(model) if train_steps else None  # both training runs start from here
+    trained = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    expected = model(**inputs)  # the package's method in every layer
+    probe_loss(expected).backward()
+    theirs = gradients_of(trained)
+    with blocked(*block), install(model, answer):
+        result = model(**inputs)
+        yours = {name: p for name, p in model.named_parameters() if p.requires_grad}  # the learner's module may own them
+        if isinstance(result, torch.Tensor) and result.shape == expected.shape:
+            probe_loss(result).backward()
+        mine = gradients_of(yours)
+    if isinstance(result, torch.Tensor) and result.shape == expected.shape and not torch.allclose(
+            result, expected, atol=atol, rtol=0):
+        for mistake, wrong in (known_wrong or {}).items():
+            with torch.no_grad(), install(model, wrong):
+                if torch.allclose(result, model(**inputs), atol=atol, rtol=0):
+                    raise AssertionError(f"Your logits are exactly what {mistake} gives.")
+    assert_same_logits(result, expected.detach(), atol, whose="the package's model (yours is in every layer)")
+    extra = sorted(set(yours) - set(trained))
+    assert not extra, (f"{len(extra)} tensors that must stay frozen are trainable in your code, e.g. {extra[0]}: "
+                       "only the method's own parameters may train.")
+    assert_same_gradients(mine, theirs, atol=atol / 10)
+    if train_steps:
+        package_run = trained_losses(copy.deepcopy(untouched), batch, train_steps, lr)
+        with blocked(*block), install(untouched, answer):
+            your_run = trained_losses(untouched, batch, train_steps, lr)
+        assert package_run[-1] < package_run[0], "Grader bug: the package's own training did not lower the loss."
+        assert all(abs(a - b) <= 1e-3 * abs(b) + 1e-5 for a, b in zip(your_run, package_run)), (
+            f"Trained for {train_steps} AdamW steps, your module's losses "
+            f"({', '.join(f'{x:.4f}' for x in your_run)}) do not follow the package's "
+            f"({', '.join(f'{x:.4f}' for x in package_run)}).")
+
+
+@contextmanager
+def attention_function_replaced(name: str, function: Callable) -> Iterator[None]:
+    """transformers runs ``function`` for attention implementation ``name``; the one registered before comes back."""
+    previous = ALL_ATTENTION_FUNCTIONS[name]  # read now: a blocked package function must not be restored instead
+    AttentionInterface.register(name, function)
+    try:
+        yield
+    finally:
+        AttentionInterface.register(name, previous)
