@@ -7,12 +7,15 @@ the package when the check runs.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .. import models
 from ..checks import Question, blocked, grade_function, grade_number, multiple_choice, register
 from ..models import SequenceClassifier, build_classifier, mean_pool
-from .real_inputs import assert_same_gradients, assert_same_logits, gradients_of, probe_loss, review_batch
+from .real_inputs import (assert_same_gradients, assert_same_logits, assert_trains_alike,
+                          gradients_of, probe_loss, review_batch, trained_losses)
 
 # ----------------------------------------------------------------- Q1: mean pooling
 
@@ -98,22 +101,36 @@ q5 = multiple_choice(
 WHOLE_CLASSIFIER = ((SequenceClassifier, "forward"), (SequenceClassifier, "features"), (models, "mean_pool"))
 
 
+CLASSIFY_TRAIN_STEPS = 3
+
+
 def _grade_classify(function) -> None:
     assert callable(function), "Pass the function itself (no parentheses)."
     model = build_classifier(2, seed=0)  # eval mode: the dropout before the head is off
-    batch = review_batch("sentiment", count=8)
+    start = copy.deepcopy(model)  # both training runs below begin here
+    batch = review_batch("sentiment", count=8, with_labels=True)
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
     parameters = dict(model.named_parameters())  # a fresh classifier trains everything
-    expected = model(**batch)
+    expected = model(**inputs)
     probe_loss(expected).backward()
     theirs = gradients_of(parameters)
     with blocked(*WHOLE_CLASSIFIER):
-        result = function(model, batch)
+        result = function(model, inputs)
     assert_same_logits(result, expected.detach(), 1e-5, whose="the classifier's own")
     probe_loss(result).backward()  # the same function must also train: gradients for the encoder and the head
     assert_same_gradients(gradients_of(parameters), theirs, atol=1e-5)
+    # Full fine-tuning for a few steps, once through the classifier's forward and once through yours.
+    package_run = trained_losses(copy.deepcopy(start), batch, CLASSIFY_TRAIN_STEPS, lr=1e-4)
+
+    def your_loss(model, batch):
+        return torch.nn.functional.cross_entropy(function(model, inputs), batch["labels"])
+
+    with blocked(*WHOLE_CLASSIFIER):
+        your_run = trained_losses(start, batch, CLASSIFY_TRAIN_STEPS, lr=1e-4, loss_of=your_loss)
+    assert_trains_alike(your_run, package_run, what="your classifier")
 
 
-q6 = Question("Q6 the classifier by hand, on real reviews", _grade_classify,
+q6 = Question("Q6 the classifier by hand, on real reviews, trained 3 steps", _grade_classify,
               "Follow a batch through SequenceClassifier: what does the backbone need besides the token ids, "
               "what does it return, which positions may the average include, and what comes last? "
               "Compare your intermediate shapes with the lesson's section 4.",

@@ -16,6 +16,7 @@ from torch import nn
 from peft_teach import llm, tickets
 from peft_teach.checks import Question, assert_not_the_package, assert_same_tensor, blocked, grade_number, register
 from peft_teach.methods import lora
+from peft_teach.questions.real_inputs import assert_trains_alike, trained_losses
 
 IGNORE = llm.IGNORE_INDEX
 
@@ -151,6 +152,7 @@ q4 = Question(
 # ----------------------------------------------------------------------------- Q5: LoRA on the MLP, in the LLM
 
 Q5_TARGETS, Q5_RANK, Q5_ALPHA = ("gate_proj", "up_proj"), 4, 8
+Q5_TRAIN_STEPS = 2
 
 
 def _ticket_batch(count: int = 2) -> dict[str, torch.Tensor]:
@@ -194,6 +196,11 @@ def _grade_lora_in_llm(function) -> None:
                                       "(.detach(), .data, torch.no_grad)?")
             assert torch.allclose(grad, getattr(theirs[name], matrix).grad, atol=1e-5, rtol=1e-3), (
                 f"The outputs agree but the gradient of {name}.{matrix} does not.")
+    # A few AdamW steps on the same two tickets, from the same start: your LoRA must learn like the package's.
+    package_run = trained_losses(reference, batch, Q5_TRAIN_STEPS, lr=1e-3, loss_of=llm.answer_loss)
+    with blocked((lora, "add_lora"), (lora, "LoRALinear")):
+        your_run = trained_losses(model, batch, Q5_TRAIN_STEPS, lr=1e-3, loss_of=llm.answer_loss)
+    assert_trains_alike(your_run, package_run, what="your LoRA")
 
 
 def _diagnose_scale(mine, theirs, model, batch, expected: float) -> None:
@@ -209,7 +216,7 @@ def _diagnose_scale(mine, theirs, model, batch, expected: float) -> None:
 
 
 q5 = Question(
-    title="Q5 LoRA on the feed-forward layers of the real LLM",
+    title="Q5 LoRA on the feed-forward layers of the real LLM, trained 2 steps",
     grader=_grade_lora_in_llm,
     nudge="Lesson 07 section 5 wraps q_proj and v_proj; here the targets, r and alpha differ. Keep each base "
          "layer frozen, start B at zero, scale the update by alpha / r, and put each new layer where the old "

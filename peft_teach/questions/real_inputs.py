@@ -90,19 +90,33 @@ def assert_same_gradients(mine: dict[str, torch.Tensor | None], theirs: dict[str
             f"The outputs agree but the gradient of {name} does not (largest difference {largest:.1e}).")
 
 
-def trained_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor], steps: int, lr: float) -> list[float]:
+def classification_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of ``model``'s class scores against the batch's labels."""
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    return torch.nn.functional.cross_entropy(model(**inputs), batch["labels"])
+
+
+def trained_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor], steps: int, lr: float,
+                   loss_of: Callable = classification_loss) -> list[float]:
     """The loss of ``steps`` AdamW steps on one labelled batch (eval mode: no dropout, the same every time)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
-    inputs = {key: value for key, value in batch.items() if key != "labels"}
     losses = []
     for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(model(**inputs), batch["labels"])
+        loss = loss_of(model, batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+def assert_trains_alike(yours: list[float], package: list[float], what: str = "your module") -> None:
+    """Two training runs from the same start: the learner's losses must follow the package's, step by step."""
+    assert package[-1] < package[0], "Grader bug: the package's own training did not lower the loss."
+    assert all(abs(a - b) <= 1e-3 * abs(b) + 1e-5 for a, b in zip(yours, package)), (
+        f"Trained for {len(package)} AdamW steps, {what}'s losses ({', '.join(f'{x:.4f}' for x in yours)}) "
+        f"do not follow the package's ({', '.join(f'{x:.4f}' for x in package)}).")
 
 
 def grade_in_the_model(answer, build_model: Callable[[], torch.nn.Module], install: Callable, task: str,
@@ -148,11 +162,7 @@ def grade_in_the_model(answer, build_model: Callable[[], torch.nn.Module], insta
         package_run = trained_losses(copy.deepcopy(untouched), batch, train_steps, lr)
         with blocked(*block), install(untouched, answer):
             your_run = trained_losses(untouched, batch, train_steps, lr)
-        assert package_run[-1] < package_run[0], "Grader bug: the package's own training did not lower the loss."
-        assert all(abs(a - b) <= 1e-3 * abs(b) + 1e-5 for a, b in zip(your_run, package_run)), (
-            f"Trained for {train_steps} AdamW steps, your module's losses "
-            f"({', '.join(f'{x:.4f}' for x in your_run)}) do not follow the package's "
-            f"({', '.join(f'{x:.4f}' for x in package_run)}).")
+        assert_trains_alike(your_run, package_run)
 
 
 @contextmanager
