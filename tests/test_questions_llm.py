@@ -90,6 +90,8 @@ def test_q3_q4_counts(capsys):
     assert Q.q3.check(Q.Q3_SQUARE) == INCORRECT
     assert "not square" in capsys.readouterr().out
     assert Q.q3.check(30 * 2 * 4 * (576 + 1536)) == INCORRECT  # forgot down_proj
+    assert Q.q3.check(Q.Q3_EXPECTED // 30) == INCORRECT  # one layer only
+    assert Q.q3.check(str(Q.Q3_EXPECTED)) == INCORRECT  # text, not a number
     assert Q.q4.check(Q.Q4_EXPECTED) == CORRECT
     assert Q.q4.check(Q.Q4_WITHOUT_GQA) == INCORRECT
     assert "key/value head" in capsys.readouterr().out
@@ -143,4 +145,10 @@ def test_q6_answer_loss(solved, capsys):
         return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten())
 
     assert Q.q6.check(counts_prompt) == INCORRECT
+
+    def summed_not_averaged(logits, labels):
+        return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+                                           ignore_index=-100, reduction="sum")
+
+    assert Q.q6.check(summed_not_averaged) == INCORRECT
     assert Q.q6.check(lambda logits, labels: llm.answer_loss(None, {"labels": labels})) == INCORRECT

@@ -52,22 +52,22 @@ q1 = Question(
 
 q2 = Question(
     title="Q2 Houlsby adapters on MiniLM",
-    grader=grade_number(2 * 6 * (2 * 384 * 24 + 24 + 384), what="parameter count"),
+    grader=grade_number(2 * 6 * (2 * 384 * 32 + 32 + 384), what="parameter count"),  # reduction factor 12: m = 32
     nudge="One adapter has 2md + m + d parameters; count how many adapters each layer gets "
          "with this placement, and how many layers there are.",
-    recipe="Houlsby puts two adapters in each of the 6 layers; each has 2 m d + m + d parameters with m = 24 "
-           "and d = 384.",
+    recipe="Houlsby puts two adapters in each of the 6 layers; each has 2 m d + m + d parameters with m = 384 / 12 "
+           "= 32 and d = 384.",
 )
 
 # ----------------------------------------------------------------- Q3: storage per task
 
 q3 = Question(
     title="Q3 bytes to store one task",
-    grader=grade_number(4 * (6 * (2 * 384 * 24 + 24 + 384) + 2 * 384 + 2), what="number of bytes"),
+    grader=grade_number(4 * (6 * (2 * 384 * 48 + 48 + 384) + 5 * 384 + 5), what="number of bytes"),  # m = 48, 5 classes
     nudge="A task is everything save_adapter writes for it: its adapters in every layer and its own "
          "head. Count values first, then bytes.",
-    recipe="Values: the adapters of all layers plus the head (384 x classes + classes); bytes: 4 per float32 "
-           "value.",
+    recipe="Values: one adapter per layer with m = 384 / 8 = 48 (2 m d + m + d each) plus the head (384 x 5 + 5); "
+           "bytes: 4 per float32 value.",
 )
 
 # ----------------------------------------------------------------- Q4: near-identity init
