@@ -312,6 +312,10 @@ CASES = {
     "models: a seed given as text": (lambda tmp_path: models.build_classifier(num_labels=2, seed="0"), ValueError,
                                      "seed=0"),
     "lora: a seed given as a float": (lambda tmp_path: lora.add_lora(bert(), seed=0.5), ValueError, "seed=0"),
+    "lora+: B's rate below A's": (lambda tmp_path: lora.loraplus_parameter_groups(lora_model(), 1e-4, 0.5),
+                                  ValueError, "must be >= 1"),
+    "lora+: a model without LoRA": (lambda tmp_path: lora.loraplus_parameter_groups(bert(), 1e-4, 16), ValueError,
+                                    "add_lora"),
     "train: set_seed with text": (lambda tmp_path: train.set_seed("0"), ValueError, "set_seed(0)"),
     "models: an empty model name": (lambda tmp_path: models.load_base_model(""), ValueError, "Pass None for the packaged"),
     "adapter: reduction factor above the hidden size": (

@@ -90,6 +90,11 @@ METHODS = {
         save=lora.save_lora, load=lora.load_lora, remove=lora.remove_lora,
         formula=lambda m, kind: lora.lora_parameter_count(m, LORA_TARGETS[kind], r=2),
         measured=lora.lora_parameters),
+    "lora (rslora + dora)": Verbs(
+        add=lambda m, kind: lora.add_lora(m, LORA_TARGETS[kind], r=2, rslora=True, dora=True),
+        save=lora.save_lora, load=lora.load_lora, remove=lora.remove_lora,
+        formula=lambda m, kind: lora.lora_parameter_count(m, LORA_TARGETS[kind], r=2, dora=True),
+        measured=lora.lora_parameters),
 }
 KINDS = ("bert", "roberta", "gpt2", "llama")
 

@@ -38,6 +38,9 @@ The same rules hold for all of them:
   config before anything is added; ``*_parameters(model, [name])`` counts what is on the
   model. Tests check that the two agree for every method and architecture.
 
+LoRA's variants (rsLoRA, DoRA) are arguments of ``add_lora``, saved and loaded with the rest;
+LoRA+ is an optimizer setting, :func:`~peft_teach.methods.lora.loraplus_parameter_groups`.
+
 Architectures: BERT, RoBERTa (post-LN) and GPT-2, Llama, Mistral, Qwen2/3 (pre-LN); where
 each method attaches is in :mod:`~peft_teach.methods.architectures`.
 """

@@ -16,6 +16,23 @@ A frozen linear layer computes ``h = W0 x``. LoRA adds a trainable low-rank upda
 * After training, ``W = W0 + (alpha / r) B A`` can be *merged* into the frozen weight:
   the model then runs exactly as fast as the base model (no extra matmuls).
 
+Two variants that ``peft.LoraConfig`` offers as switches, here as arguments of the same layer:
+
+* rsLoRA (Kalajdzievski, "A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA",
+  arXiv 2312.03732) scales by ``alpha / sqrt(r)`` instead of ``alpha / r``: ``rslora=True``.
+* DoRA (Liu et al., "DoRA: Weight-Decomposed Low-Rank Adaptation", ICML 2024, arXiv 2402.09353)
+  splits each output row of the adapted weight into a length and a direction, and learns the
+  length ``m`` (one number per output feature) beside the LoRA update of the direction::
+
+      W = m * (W0 + s B A) / ||W0 + s B A||      (norm of each output row; s = alpha / r)
+
+  ``m`` starts at ``||W0||``, so the layer starts as the base layer: ``dora=True``. As in the
+  paper (its section 4.3) and in peft, the norm is treated as a constant in the backward pass.
+
+LoRA+ (Hayou et al., "LoRA+: Efficient Low Rank Adaptation of Large Models", ICML 2024,
+arXiv 2402.12354) changes only the optimizer: B gets a larger learning rate than A
+(:func:`loraplus_parameter_groups`).
+
 Besides the layer this file holds the verbs every method has: :func:`add_lora`,
 :func:`save_lora` / :func:`load_lora` (only the small LoRA tensors + the head),
 :func:`remove_lora`, :func:`lora_parameter_count` (formula) and :func:`lora_parameters`
@@ -65,18 +82,21 @@ class LoRALinear(nn.Module):
     """A frozen linear layer plus a trainable low-rank update: ``W0 x + (alpha/r) B A x``.
 
     ``base_layer`` is the original ``nn.Linear`` (or GPT-2 ``Conv1D``), kept frozen.
-    ``lora_A`` (r x d_in) and ``lora_B`` (d_out x r) are the only new parameters.
-    Pass a ``generator`` to make A's random start reproducible.
+    ``lora_A`` (r x d_in) and ``lora_B`` (d_out x r) are the only new parameters (DoRA adds
+    ``lora_magnitude``, d_out of them). Pass a ``generator`` to make A's random start reproducible.
+    Dropout acts on the LoRA path's input only. (peft's DoRA, training with dropout, also feeds the
+    dropped input through the rescaled frozen path; without dropout, or in eval mode, the two agree.)
     """
 
     def __init__(self, base_layer: nn.Module, r: int = 8, alpha: float = 16, dropout: float = 0.0,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, rslora: bool = False, dora: bool = False):
         super().__init__()
         check_rank_and_alpha(r, alpha)
         d_in, d_out = in_out_features(base_layer)
         self.base_layer = base_layer
         self.r, self.alpha = r, alpha
-        self.scaling = alpha / r
+        self.rslora, self.dora = rslora, dora
+        self.scaling = alpha / math.sqrt(r) if rslora else alpha / r
         weight = base_layer.weight
         self.lora_A = nn.Parameter(torch.empty(r, d_in, dtype=weight.dtype, device=weight.device))
         self.lora_B = nn.Parameter(torch.zeros(d_out, r, dtype=weight.dtype, device=weight.device))
@@ -85,38 +105,71 @@ class LoRALinear(nn.Module):
         # Dropout acts on the LoRA path's input only; the frozen path sees the clean x.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+        self._merged_delta: torch.Tensor | None = None  # DoRA only: what merge() added
         for parameter in self.base_layer.parameters():
             parameter.requires_grad_(False)
+        # DoRA's length m, one per output feature: the rows' norms now, so the layer starts as the base layer.
+        self.lora_magnitude = nn.Parameter(self.frozen_weight().norm(dim=1).detach().clone()) if dora else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self.base_layer(x)
         if self.merged:  # the update already sits inside base_layer.weight
             return result
         update = self.dropout(x) @ self.lora_A.T @ self.lora_B.T  # x -> r numbers -> d_out
-        return result + update * self.scaling
+        if not self.dora:
+            return result + update * self.scaling
+        # DoRA: every output row of (W0 + s B A) rescaled to length m; the bias is not rescaled.
+        bias = self.base_layer.bias if self.base_layer.bias is not None else 0
+        row_scale = self.lora_magnitude / self.adapted_row_norms().detach()  # a constant for backward
+        return (result - bias + update * self.scaling) * row_scale + bias
+
+    def frozen_weight(self) -> torch.Tensor:
+        """The frozen W0 as d_out x d_in (GPT-2's Conv1D stores it transposed)."""
+        weight = self.base_layer.weight
+        return weight.T if isinstance(self.base_layer, Conv1D) else weight
+
+    def adapted_row_norms(self) -> torch.Tensor:
+        """DoRA's ||W0 + s B A||, one norm per output feature."""
+        return (self.frozen_weight() + self.scaling * self.lora_B @ self.lora_A).norm(dim=1)
 
     def delta_weight(self) -> torch.Tensor:
-        """``(alpha/r) B A``, laid out like ``base_layer.weight`` (transposed for Conv1D)."""
+        """What merging adds to the frozen weight, laid out like ``base_layer.weight`` (transposed for Conv1D).
+
+        LoRA: ``s B A``. DoRA: ``m * (W0 + s B A) / ||W0 + s B A|| - W0``, row by row.
+        """
         delta = (self.lora_B @ self.lora_A) * self.scaling  # d_out x d_in
+        if self.dora:
+            row_scale = (self.lora_magnitude / self.adapted_row_norms()).unsqueeze(1)
+            delta = row_scale * (self.frozen_weight() + delta) - self.frozen_weight()
         return delta.T if isinstance(self.base_layer, Conv1D) else delta
 
     @torch.no_grad()
     def merge(self) -> None:
         """Fold the update into the frozen weight (no-op if already merged)."""
         if not self.merged:
-            self.base_layer.weight += self.delta_weight()
+            delta = self.delta_weight()
+            # DoRA's change depends on W0, which merging overwrites: keep it to take out again.
+            self._merged_delta = delta if self.dora else None
+            self.base_layer.weight += delta
             self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
         """Take the update back out of the weight (no-op if not merged)."""
         if self.merged:
-            self.base_layer.weight -= self.delta_weight()
-            self.merged = False
+            weight = self.base_layer.weight
+            delta = self.delta_weight() if self._merged_delta is None else self._merged_delta.to(weight.device)
+            weight -= delta
+            self._merged_delta, self.merged = None, False
+
+    def trainable(self) -> list[nn.Parameter]:
+        """A and B, and DoRA's magnitude."""
+        return [self.lora_A, self.lora_B] + ([self.lora_magnitude] if self.dora else [])
 
     def extra_repr(self) -> str:
         d_in, d_out = in_out_features(self.base_layer)
-        return f"d_in={d_in}, d_out={d_out}, r={self.r}, alpha={self.alpha}, merged={self.merged}"
+        variant = ", rslora=True" * self.rslora + ", dora=True" * self.dora
+        return f"d_in={d_in}, d_out={d_out}, r={self.r}, alpha={self.alpha}{variant}, merged={self.merged}"
 
 
 def check_rank_and_alpha(r: int, alpha: float) -> None:
@@ -136,11 +189,13 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def add_lora(model: nn.Module, targets: str | Iterable[str] = ("query", "value"), r: int = 8,
-             alpha: float = 16, dropout: float = 0.0, seed: int = 0) -> dict[str, LoRALinear]:
+             alpha: float = 16, dropout: float = 0.0, seed: int = 0, rslora: bool = False,
+             dora: bool = False) -> dict[str, LoRALinear]:
     """Wrap the target linear layers of the backbone with LoRA; only A, B (and the head) train.
 
     ``targets`` are module names as :func:`find_modules` reads them (``"query"``,
     ``"c_attn"``, ``"q_proj"`` or a full-name regular expression), inside the backbone.
+    ``rslora=True`` scales by alpha / sqrt(r); ``dora=True`` adds DoRA's trainable magnitude.
     Returns the new layers by their name in ``model``.
     """
     backbone = get_backbone(model)  # first: anything but a transformers model fails with the fix
@@ -154,9 +209,10 @@ def add_lora(model: nn.Module, targets: str | Iterable[str] = ("query", "value")
     generator = seeded_generator(seed)  # one stream, model order: reproducible
     added: dict[str, LoRALinear] = {}
     for name, layer in found.items():
-        added[prefix + name] = LoRALinear(layer, r=r, alpha=alpha, dropout=dropout, generator=generator)
+        added[prefix + name] = LoRALinear(layer, r=r, alpha=alpha, dropout=dropout, generator=generator,
+                                          rslora=rslora, dora=dora)
         replace_module(backbone, name, added[prefix + name])
-    train_only(model, [matrix for layer in added.values() for matrix in (layer.lora_A, layer.lora_B)])
+    train_only(model, [tensor for layer in added.values() for tensor in layer.trainable()])
     return added
 
 
@@ -170,20 +226,39 @@ def remove_lora(model: nn.Module) -> None:
         replace_module(model, name, layer.base_layer)
 
 
-def lora_matrix_parameter_count(d_in: int, d_out: int, r: int) -> int:
-    """Parameters LoRA adds to one d_out x d_in matrix: A (r x d_in) + B (d_out x r)."""
-    return r * (d_in + d_out)
+def lora_matrix_parameter_count(d_in: int, d_out: int, r: int, dora: bool = False) -> int:
+    """Parameters LoRA adds to one d_out x d_in matrix: A (r x d_in) + B (d_out x r), + DoRA's d_out lengths."""
+    return r * (d_in + d_out) + (d_out if dora else 0)
 
 
-def lora_parameter_count(model: nn.Module, targets: str | Iterable[str] = ("query", "value"), r: int = 8) -> int:
-    """Formula: r (d_in + d_out) summed over the matrices ``targets`` names."""
+def lora_parameter_count(model: nn.Module, targets: str | Iterable[str] = ("query", "value"), r: int = 8,
+                         dora: bool = False) -> int:
+    """Formula: r (d_in + d_out) (+ d_out with DoRA) summed over the matrices ``targets`` names."""
     found = find_modules(get_backbone(model), targets, module_type=ADAPTABLE)
-    return sum(lora_matrix_parameter_count(*in_out_features(layer), r) for layer in found.values())
+    return sum(lora_matrix_parameter_count(*in_out_features(layer), r, dora) for layer in found.values())
 
 
 def lora_parameters(model: nn.Module) -> int:
-    """Measured: every A and B on the model."""
-    return sum(layer.lora_A.numel() + layer.lora_B.numel() for layer in lora_layers(model).values())
+    """Measured: every A and B (and DoRA magnitude) on the model."""
+    return sum(tensor.numel() for layer in lora_layers(model).values() for tensor in layer.trainable())
+
+
+def loraplus_parameter_groups(model: nn.Module, lr: float, ratio: float) -> list[dict]:
+    """LoRA+'s optimizer groups: every B (and every 1-d tensor) at ``ratio x lr``, all else that trains at ``lr``.
+
+    Hand them to any optimizer: ``torch.optim.AdamW(loraplus_parameter_groups(model, 1e-4, 16))``.
+    The 1-d tensors (biases, DoRA's magnitude) join B's group as in peft's
+    ``create_loraplus_optimizer``, so the two give the same groups.
+    """
+    if not lora_layers(model):
+        raise ValueError("This model has no LoRA layers: call add_lora(model, ...) first.")
+    if not ratio >= 1:
+        raise ValueError(f"LoRA+ gives B the larger rate: ratio = lr_B / lr_A must be >= 1, got {ratio!r}.")
+    slow, fast = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (fast if name.endswith("lora_B") or parameter.ndim == 1 else slow).append(parameter)
+    return [{"params": slow, "lr": lr}, {"params": fast, "lr": lr * ratio}]
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
@@ -210,19 +285,25 @@ def lora_config(model: nn.Module) -> dict[str, object]:
         raise ValueError("This model has no LoRA layers: call add_lora(model, ...) first.")
     first = next(iter(layers.values()))
     dropout = first.dropout.p if isinstance(first.dropout, nn.Dropout) else 0.0
-    return {"r": first.r, "alpha": first.alpha, "dropout": dropout, "targets": list(layers)}
+    return {"r": first.r, "alpha": first.alpha, "dropout": dropout, "targets": list(layers),
+            "rslora": first.rslora, "dora": first.dora}
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every A and B, by name inside the backbone (``encoder.layer.0...query.lora_A``)."""
+    """Every A and B (and DoRA magnitude), by name inside the backbone (``encoder.layer.0...query.lora_A``)."""
     if any(layer.merged for layer in lora_layers(model).values()):
         raise ValueError("Unmerge first (unmerge_lora(model)): a merged model's weights "
                          "already contain the update, so saving A and B alone would mislead.")
     layers = lora_layers(get_backbone(model))
     if not layers:
         raise ValueError("This model has no LoRA layers: call add_lora(model, ...) first.")
-    return {f"{name}.{matrix}": getattr(layer, matrix).detach().clone()
-            for name, layer in layers.items() for matrix in ("lora_A", "lora_B")}
+    return {f"{name}.{tensor_name(layer, tensor)}": tensor.detach().clone()
+            for name, layer in layers.items() for tensor in layer.trainable()}
+
+
+def tensor_name(layer: LoRALinear, tensor: torch.Tensor) -> str:
+    """``lora_A``, ``lora_B`` or ``lora_magnitude``: the attribute of ``layer`` that holds ``tensor``."""
+    return next(name for name, parameter in layer.named_parameters(recurse=False) if parameter is tensor)
 
 
 def save_lora(model: nn.Module, folder: str | Path, overwrite: bool = False) -> Path:
@@ -236,19 +317,20 @@ def load_lora(model: nn.Module, folder: str | Path) -> dict[str, LoRALinear]:
     config, tensors = read_checkpoint(folder, "lora", model)
     own, head = split_head(tensors)
     added = add_lora(model, targets=config["targets"], r=config["r"], alpha=config["alpha"],
-                     dropout=config["dropout"])
+                     dropout=config["dropout"], rslora=config.get("rslora", False), dora=config.get("dora", False))
     _copy_matrices(added, own)
     load_head(model, head)
     return added
 
 
 def _copy_matrices(added: dict[str, LoRALinear], tensors: dict[str, torch.Tensor]) -> None:
-    """Copy saved A and B (named inside the backbone) into the new layers."""
+    """Copy saved A and B (and DoRA magnitude; named inside the backbone) into the new layers."""
     with torch.no_grad():
         for name, layer in added.items():
             name = name.removeprefix("backbone.")
-            for matrix in ("lora_A", "lora_B"):
-                saved, own = tensors[f"{name}.{matrix}"], getattr(layer, matrix)
+            for own in layer.trainable():
+                matrix = tensor_name(layer, own)
+                saved = tensors[f"{name}.{matrix}"]
                 if saved.shape != own.shape:
                     raise CheckpointError(f"{name}.{matrix}: saved shape {tuple(saved.shape)}, model shape "
                                           f"{tuple(own.shape)}. Load it into the base model it was trained on.")
@@ -260,6 +342,7 @@ def _copy_matrices(added: dict[str, LoRALinear], tensors: dict[str, torch.Tensor
 # peft stores a LoRA adapter as a folder with two files:
 #   adapter_config.json          peft_type "LORA", r, lora_alpha, target_modules, ...
 #   adapter_model.safetensors    keys "base_model.model.<module name>.lora_A.weight" / ".lora_B.weight"
+#                                (DoRA: also ".lora_magnitude_vector", without ".weight")
 # where <module name> is the name inside the model handed to PeftModel. We export the
 # *backbone* (the Hugging Face model), so PeftModel.from_pretrained(backbone, folder) works
 # with any AutoModel. Our classifier head is not part of that model, so it is saved beside
@@ -267,6 +350,22 @@ def _copy_matrices(added: dict[str, LoRALinear], tensors: dict[str, torch.Tensor
 # import_from_peft loads it back when it is there.
 
 PEFT_PREFIX = "base_model.model."
+PEFT_MAGNITUDE = "lora_magnitude_vector"  # peft's name for DoRA's magnitude (ours: lora_magnitude)
+
+
+def peft_key(name: str) -> str:
+    """Our tensor name inside the backbone -> peft's key: ``...query.lora_A`` -> ``...query.lora_A.weight``."""
+    if name.endswith(".lora_magnitude"):
+        return PEFT_PREFIX + name.removesuffix("lora_magnitude") + PEFT_MAGNITUDE
+    return f"{PEFT_PREFIX}{name}.weight"
+
+
+def our_name(key: str) -> str:
+    """peft's key -> our tensor name inside the backbone (the inverse of :func:`peft_key`)."""
+    name = key.removeprefix(PEFT_PREFIX)
+    if name.endswith("." + PEFT_MAGNITUDE):
+        return name.removesuffix(PEFT_MAGNITUDE) + "lora_magnitude"
+    return name.removesuffix(".weight")
 
 
 PEFT_FILES = ("adapter_model.safetensors", "adapter_config.json", HEAD_FILE)
@@ -286,8 +385,7 @@ def export_to_peft(model: nn.Module, directory: str | Path, overwrite: bool = Fa
                               f"or pass overwrite=True to write {list(PEFT_FILES)} there anyway.")
     directory.mkdir(parents=True, exist_ok=True)
     config = lora_config(model)
-    tensors = {f"{PEFT_PREFIX}{name}.weight": tensor.contiguous()  # "...query.lora_A" -> "...query.lora_A.weight"
-               for name, tensor in lora_state_dict(model).items()}
+    tensors = {peft_key(name): tensor.contiguous() for name, tensor in lora_state_dict(model).items()}
     replace_atomically(directory / "adapter_model.safetensors",
                        lambda temporary: save_file(tensors, str(temporary), metadata={"format": "pt"}))
     backbone = get_backbone(model)
@@ -303,8 +401,8 @@ def export_to_peft(model: nn.Module, directory: str | Path, overwrite: bool = Fa
         "fan_in_fan_out": any(isinstance(m.base_layer, Conv1D) for m in lora_layers(model).values()),
         "bias": "none",
         "init_lora_weights": True,
-        "use_rslora": False,
-        "use_dora": False,
+        "use_rslora": config["rslora"],
+        "use_dora": config["dora"],
         "modules_to_save": None,
         "inference_mode": True,
     }
@@ -330,16 +428,16 @@ def import_from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
     config = json.loads((directory / "adapter_config.json").read_text())
     if config.get("peft_type") != "LORA":
         raise ValueError(f"{directory} holds a {config.get('peft_type')} adapter, not LoRA.")
-    unsupported = [key for key in ("use_dora", "use_rslora", "rank_pattern", "alpha_pattern") if config.get(key)]
+    unsupported = [key for key in ("rank_pattern", "alpha_pattern") if config.get(key)]
     if unsupported or config.get("bias", "none") != "none":
         raise ValueError(f"This adapter uses options our LoRA does not implement: {unsupported or 'bias'}.")
     tensors = load_file(str(directory / "adapter_model.safetensors"))
-    ours = {key.removeprefix(PEFT_PREFIX).removesuffix(".weight"): tensor  # "...query.lora_A"
-            for key, tensor in tensors.items()}
+    ours = {our_name(key): tensor for key, tensor in tensors.items()}  # "...query.lora_A"
     targets = sorted({name.rsplit(".", 1)[0] for name in ours})
     # Full module names: exactly the layers the adapter has tensors for are adapted.
     added = add_lora(model, targets=targets, r=int(config["r"]), alpha=config["lora_alpha"],
-                     dropout=float(config.get("lora_dropout", 0.0)))
+                     dropout=float(config.get("lora_dropout", 0.0)), rslora=bool(config.get("use_rslora")),
+                     dora=bool(config.get("use_dora")))
     _copy_matrices(added, ours)
     if isinstance(getattr(model, "head", None), nn.Module) and (directory / HEAD_FILE).exists():
         with safe_open(str(directory / HEAD_FILE), framework="pt") as handle:
