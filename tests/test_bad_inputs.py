@@ -15,7 +15,7 @@ from torch import nn
 from transformers import AutoModel, BertConfig, BertModel, DistilBertConfig, GPT2Config, GPT2LMHeadModel
 
 from peft_teach import data, experiments, llm_speed, measure, models, precomputed, protocol, sst2_generation, train
-from peft_teach.methods import adapters, fusion, lora, prefix, prefix_plus, prompts
+from peft_teach.methods import adapters, fusion, ia3, lora, prefix, prefix_plus, prompts
 from peft_teach.methods.checkpoint import CheckpointError
 from peft_teach.methods.inject import UnknownModuleError, find_modules
 from peft_teach.models import IncompatibleBaseModelError, SequenceClassifier
@@ -105,6 +105,12 @@ def train_call(model=None, task=None, **kwargs):
 def lora_model():
     model = bert()
     lora.add_lora(model, ("query", "value"), r=2)
+    return model
+
+
+def ia3_model():
+    model = bert()
+    ia3.add_ia3(model)
     return model
 
 
@@ -312,6 +318,12 @@ CASES = {
     "models: a seed given as text": (lambda tmp_path: models.build_classifier(num_labels=2, seed="0"), ValueError,
                                      "seed=0"),
     "lora: a seed given as a float": (lambda tmp_path: lora.add_lora(bert(), seed=0.5), ValueError, "seed=0"),
+    "ia3: an architecture without default targets": (lambda tmp_path: ia3.add_ia3(distilbert()), ValueError,
+                                                     "feedforward=("),
+    "ia3: added twice": (lambda tmp_path: ia3.add_ia3(ia3_model()), ValueError, "remove_ia3(model) first"),
+    "ia3: remove when there is none": (lambda tmp_path: ia3.remove_ia3(bert()), ValueError, "add_ia3"),
+    "ia3: one layer on both sides": (lambda tmp_path: ia3.add_ia3(bert(), targets=("key",), feedforward=("key",)),
+                                     ValueError, "not both"),
     "lora+: B's rate below A's": (lambda tmp_path: lora.loraplus_parameter_groups(lora_model(), 1e-4, 0.5),
                                   ValueError, "must be >= 1"),
     "lora+: a model without LoRA": (lambda tmp_path: lora.loraplus_parameter_groups(bert(), 1e-4, 16), ValueError,

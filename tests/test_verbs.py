@@ -17,7 +17,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from peft_teach.methods import adapters, fusion, lora, prefix, prefix_plus, prompts
+from peft_teach.methods import adapters, fusion, ia3, lora, prefix, prefix_plus, prompts
 from peft_teach.methods.inject import trainable_names
 from peft_teach.models import SequenceClassifier
 from peft_teach.train import get_device
@@ -95,6 +95,11 @@ METHODS = {
         save=lora.save_lora, load=lora.load_lora, remove=lora.remove_lora,
         formula=lambda m, kind: lora.lora_parameter_count(m, LORA_TARGETS[kind], r=2, dora=True),
         measured=lora.lora_parameters),
+    "ia3": Verbs(
+        add=lambda m, kind: ia3.add_ia3(m),
+        save=ia3.save_ia3, load=ia3.load_ia3, remove=ia3.remove_ia3,
+        formula=lambda m, kind: ia3.ia3_parameter_count(m),
+        measured=ia3.ia3_parameters),
 }
 KINDS = ("bert", "roberta", "gpt2", "llama")
 

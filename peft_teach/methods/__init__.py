@@ -14,6 +14,7 @@ transformers model, or a causal language model (``LlamaForCausalLM``, ``GPT2LMHe
 | prefix tuning   | `add_prefix`                  | `save_prefix` / `load_prefix`              | `remove_prefix`        | `prefix_parameter_count`        | `prefix_parameters`        | `methods.prefix`        |
 | Prefix-Tuning+  | `add_prefix_plus`             | `save_prefix_plus` / `load_prefix_plus`    | `remove_prefix_plus`   | `prefix_plus_parameter_count`   | `prefix_plus_parameters`   | `methods.prefix_plus`   |
 | LoRA            | `add_lora`                    | `save_lora` / `load_lora`                  | `remove_lora`          | `lora_parameter_count`          | `lora_parameters`          | `methods.lora`          |
+| IA3             | `add_ia3`                     | `save_ia3` / `load_ia3`                    | `remove_ia3`           | `ia3_parameter_count`           | `ia3_parameters`           | `methods.ia3`           |
 
 The same rules hold for all of them:
 
