@@ -206,6 +206,7 @@ def written_wrong_answers() -> dict[str, list]:
         "05 q3": [merge_in_place, merge_alpha_not_over_r, merge_transposed, crashes],
         "05 q6": [lora.merge_lora, unwrap_without_merging, merge_and_unwrap, crashes],
         "05 q7": [*lesson_05.Q7_MISTAKES.values(), LeftUnfrozen, WithoutTheFrozenPath, lora.LoRALinear],
+        "05 q8": [*lesson_05.Q8_MISTAKES, 2 * lesson_05.Q8_EXPECTED, str(lesson_05.Q8_EXPECTED)],
         "06 q6": [fraction_of_full_ft, the_mean_itself, against_head_only_alone, crashes],
     }
 

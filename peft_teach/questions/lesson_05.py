@@ -308,7 +308,36 @@ q7 = Question(
            "forward: base_layer(x) + scaling * (x @ lora_A.T @ lora_B.T).",
 )
 
-QUESTIONS = {"q1": q1, "q2": q2, "q3": q3, "q4": q4, "q5": q5, "q6": q6, "q7": q7}
+# ----------------------------------------------------------------------------- Q8: DoRA's count
+
+# DoRA with r = 4 on intermediate.dense (384 -> 1536) in the 6 layers: LoRA's A and B, plus one length per output
+Q8_EXPECTED = 6 * (4 * (384 + 1536) + 1536)
+Q8_MISTAKES = {
+    6 * 4 * (384 + 1536): "That is LoRA's count: DoRA also learns one length per output feature.",
+    6 * (4 * (384 + 1536) + 384): "DoRA's lengths belong to the output features (the rows of W, 1536 here), not to "
+                                  "the inputs.",
+}
+
+
+def _grade_dora_count(answer) -> None:
+    if isinstance(answer, int) and answer in Q8_MISTAKES:
+        raise AssertionError(Q8_MISTAKES[answer])
+    grade_number(Q8_EXPECTED, what="parameter count")(answer)
+
+
+_grade_dora_count.expected, _grade_dora_count.tol = Q8_EXPECTED, 0.0  # read by the tests' table of wrong answers
+
+q8 = Question(
+    title="Q8 DoRA's parameter count",
+    grader=_grade_dora_count,
+    nudge="DoRA is LoRA plus one trainable length per row of the adapted weight. How many rows does a 384 -> 1536 "
+          "matrix have?",
+    recipe="Per matrix: r (d_in + d_out) for A and B, plus d_out lengths; one intermediate.dense per layer, 6 layers, "
+           "r = 4.",
+)
+
+
+QUESTIONS = {"q1": q1, "q2": q2, "q3": q3, "q4": q4, "q5": q5, "q6": q6, "q7": q7, "q8": q8}
 
 
 register("05_lora.ipynb", globals())  # q.solution() finds the solved code by these names
