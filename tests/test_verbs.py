@@ -175,10 +175,26 @@ def test_the_verbs_table_lists_every_method():
     import peft_teach.methods as package
 
     modules = {"adapters": adapters, "fusion": fusion, "prompts": prompts, "prefix": prefix,
-               "prefix_plus": prefix_plus, "lora": lora}
+               "prefix_plus": prefix_plus, "lora": lora, "ia3": ia3}
     for stem, module in {"adapter": "adapters", "fusion": "fusion", "soft_prompt": "prompts", "prefix": "prefix",
-                         "prefix_plus": "prefix_plus", "lora": "lora"}.items():
+                         "prefix_plus": "prefix_plus", "lora": "lora", "ia3": "ia3"}.items():
         for verb in (f"add_{stem}", f"save_{stem}", f"load_{stem}", f"remove_{stem}",
                      f"{stem}_parameter_count", f"{stem}_parameters"):
             assert callable(getattr(modules[module], verb)), f"{module}.{verb} is missing"
             assert f"`{verb}`" in package.__doc__, f"{verb} is not in the verbs table"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", list(METHODS))
+def test_new_parameters_live_on_the_models_device(method, kind):
+    """add_* creates its tensors where the model is. Checked on PyTorch's "meta" device, a device no
+    computer has: a tensor created on the CPU by mistake (a missing device=...) would show up here
+    without a GPU, where the same mistake would crash a GPU run."""
+    torch.manual_seed(0)
+    model = SequenceClassifier(AutoModel.from_config(tiny_config(kind)), 3).to("meta")
+    if method == "fusion":
+        add_two_adapters(model, kind)
+    old = {id(p) for p in model.parameters()}
+    METHODS[method].add(model, kind)
+    new = {name: p.device.type for name, p in model.named_parameters() if id(p) not in old}
+    assert new and set(new.values()) == {"meta"}, {name: d for name, d in new.items() if d != "meta"}
