@@ -225,17 +225,24 @@ def assert_not_the_package(answer: Any, *targets: tuple[object, str]) -> None:
             _refusal(f"{getattr(owner, '__name__', owner)}.{name}")()
 
 
-def grade_number(expected: float, tol: float = 0.0, what: str = "value") -> Callable[[Any], None]:
-    """A grader for a numeric answer, exact or within ``tol``."""
+def grade_number(expected: float, tol: float = 0.0, what: str = "value",
+                 known_wrong: dict[float, str] | None = None) -> Callable[[Any], None]:
+    """A grader for a numeric answer, exact or within ``tol``.
+
+    ``known_wrong`` maps the number a classic mistake gives to a sentence naming that mistake.
+    """
 
     def grader(answer: Any) -> None:
         assert isinstance(answer, (int, float)) and not isinstance(answer, bool), (
             f"Expected a number for the {what}, got {type(answer).__name__}."
         )
+        for wrong, mistake in (known_wrong or {}).items():
+            assert abs(answer - wrong) > tol, mistake
         # Never say which way the answer is off: that would let a learner find it by bisection.
         assert abs(answer - expected) <= tol, f"Your {what} does not match; recompute it step by step."
 
-    grader.expected, grader.tol = expected, tol  # read by the tests' table of wrong answers
+    # read by the tests' table of wrong answers
+    grader.expected, grader.tol, grader.known_wrong = expected, tol, known_wrong
     return grader
 
 

@@ -14,6 +14,16 @@ def test_question_statuses(capsys):
     assert question.check(42) == checks.CORRECT
 
 
+def test_number_grader_names_a_known_mistake(capsys):
+    grader = checks.grade_number(42, known_wrong={21: "You counted one matrix of the two."})
+    question = checks.Question("Q1 count", grader, nudge="Count both matrices.")
+    assert question.check(21) == checks.INCORRECT
+    assert "one matrix of the two" in capsys.readouterr().out
+    assert question.check(40) == checks.INCORRECT
+    assert "one matrix of the two" not in capsys.readouterr().out
+    assert question.check(42) == checks.CORRECT
+
+
 def test_function_grader_reports_unfinished_code_as_not_attempted():
     def stub(x):
         raise NotImplementedError

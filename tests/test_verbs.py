@@ -60,6 +60,13 @@ def adapter_verbs(placement: str) -> Verbs:
                  measured=lambda m: adapters.adapter_parameters(m, "task"))
 
 
+def lora_verbs(rslora: bool = False, dora: bool = False) -> Verbs:
+    return Verbs(add=lambda m, kind: lora.add_lora(m, LORA_TARGETS[kind], r=2, rslora=rslora, dora=dora),
+                 save=lora.save_lora, load=lora.load_lora, remove=lora.remove_lora,
+                 formula=lambda m, kind: lora.lora_parameter_count(m, LORA_TARGETS[kind], r=2, dora=dora),
+                 measured=lora.lora_parameters)
+
+
 METHODS = {
     "adapter (pfeiffer)": adapter_verbs("pfeiffer"),
     "adapter (houlsby)": adapter_verbs("houlsby"),
@@ -85,16 +92,8 @@ METHODS = {
         save=prefix_plus.save_prefix_plus, load=prefix_plus.load_prefix_plus, remove=prefix_plus.remove_prefix_plus,
         formula=lambda m, kind: prefix_plus.prefix_plus_parameter_count(m),
         measured=prefix_plus.prefix_plus_parameters),
-    "lora": Verbs(
-        add=lambda m, kind: lora.add_lora(m, LORA_TARGETS[kind], r=2),
-        save=lora.save_lora, load=lora.load_lora, remove=lora.remove_lora,
-        formula=lambda m, kind: lora.lora_parameter_count(m, LORA_TARGETS[kind], r=2),
-        measured=lora.lora_parameters),
-    "lora (rslora + dora)": Verbs(
-        add=lambda m, kind: lora.add_lora(m, LORA_TARGETS[kind], r=2, rslora=True, dora=True),
-        save=lora.save_lora, load=lora.load_lora, remove=lora.remove_lora,
-        formula=lambda m, kind: lora.lora_parameter_count(m, LORA_TARGETS[kind], r=2, dora=True),
-        measured=lora.lora_parameters),
+    "lora": lora_verbs(),
+    "lora (rslora + dora)": lora_verbs(rslora=True, dora=True),
     "ia3": Verbs(
         add=lambda m, kind: ia3.add_ia3(m),
         save=ia3.save_ia3, load=ia3.load_ia3, remove=ia3.remove_ia3,

@@ -45,9 +45,10 @@ def derived_wrong_answers(question: Question) -> list:
     if question.choices:  # multiple choice: every wrong letter, and something that is not a letter
         right = question.shuffled_choices().index(question.choices[0])
         return [letter for i, letter in enumerate("abcdefgh"[: len(question.choices)]) if i != right] + ["z"]
-    if hasattr(grader, "tol"):  # a number
+    if hasattr(grader, "tol"):  # a number: each named mistake, a near miss, a double count, text
         expected = grader.expected
-        return [expected + max(10 * grader.tol, 1e-3 * abs(expected), 1), 2 * expected, str(expected)]
+        return [*(grader.known_wrong or {}), expected + max(10 * grader.tol, 1e-3 * abs(expected), 1), 2 * expected,
+                str(expected)]
     if hasattr(grader, "options"):  # a named option
         return [option for option in grader.options if option != grader.expected] + ["none of these"]
     if hasattr(grader, "reference"):  # a function on small tensors
@@ -206,7 +207,6 @@ def written_wrong_answers() -> dict[str, list]:
         "05 q3": [merge_in_place, merge_alpha_not_over_r, merge_transposed, crashes],
         "05 q6": [lora.merge_lora, unwrap_without_merging, merge_and_unwrap, crashes],
         "05 q7": [*lesson_05.Q7_MISTAKES.values(), LeftUnfrozen, WithoutTheFrozenPath, lora.LoRALinear],
-        "05 q8": [*lesson_05.Q8_MISTAKES, 2 * lesson_05.Q8_EXPECTED, str(lesson_05.Q8_EXPECTED)],
         "06 q6": [fraction_of_full_ft, the_mean_itself, against_head_only_alone, crashes],
     }
 

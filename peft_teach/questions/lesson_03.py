@@ -152,7 +152,8 @@ def prefix_attention_replaced_by(model: torch.nn.Module, function):
 
 def _heads(prefix: torch.Tensor, layer: int, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
     keys, values = prefix[layer]  # each (l, d)
-    return (keys.view(keys.shape[0], heads, -1).transpose(0, 1), values.view(values.shape[0], heads, -1).transpose(0, 1))
+    return (keys.view(keys.shape[0], heads, -1).transpose(0, 1),
+            values.view(values.shape[0], heads, -1).transpose(0, 1))
 
 
 def _attend(query, key, value, mask, prefix_key, prefix_value, scale=True):

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from peft_teach.checks import Question, assert_not_the_package, blocked, grade_function, grade_number, multiple_choice, register
+from peft_teach.checks import (Question, assert_not_the_package, blocked, grade_function, grade_number, multiple_choice,
+                               register)
 from peft_teach.methods import lora
 from peft_teach.models import build_classifier
 from peft_teach.methods.inject import replace_module
@@ -221,7 +222,6 @@ def lora_layers_replaced_by(model: torch.nn.Module, layer_class):
     learner's job. A fresh layer must compute exactly what the frozen one does.
     """
     packaged = lora.lora_layers(model)
-    x = torch.randn(3, 384, generator=torch.Generator().manual_seed(5))
     try:
         for name, layer in packaged.items():
             layer.base_layer.requires_grad_(True)
@@ -233,7 +233,7 @@ def lora_layers_replaced_by(model: torch.nn.Module, layer_class):
                 assert tensor.shape == shape, (
                     f"In {name}, your {part} has shape {tuple(tensor.shape)}, expected {tuple(shape)} "
                     "(A is r x d_in, B is d_out x r).")
-            probe = x if layer.base_layer.in_features == 384 else torch.randn(3, layer.base_layer.in_features)
+            probe = torch.randn(3, layer.base_layer.in_features, generator=torch.Generator().manual_seed(5))
             with torch.no_grad():
                 assert torch.allclose(yours(probe), layer.base_layer(probe), atol=1e-6), (
                     f"A fresh layer of yours in {name} does not compute what the frozen layer does: at the "
@@ -319,17 +319,9 @@ Q8_MISTAKES = {
 }
 
 
-def _grade_dora_count(answer) -> None:
-    if isinstance(answer, int) and answer in Q8_MISTAKES:
-        raise AssertionError(Q8_MISTAKES[answer])
-    grade_number(Q8_EXPECTED, what="parameter count")(answer)
-
-
-_grade_dora_count.expected, _grade_dora_count.tol = Q8_EXPECTED, 0.0  # read by the tests' table of wrong answers
-
 q8 = Question(
     title="Q8 DoRA's parameter count",
-    grader=_grade_dora_count,
+    grader=grade_number(Q8_EXPECTED, what="parameter count", known_wrong=Q8_MISTAKES),
     nudge="DoRA is LoRA plus one trainable length per row of the adapted weight. How many rows does a 384 -> 1536 "
           "matrix have?",
     recipe="Per matrix: r (d_in + d_out) for A and B, plus d_out lengths; one intermediate.dense per layer, 6 layers, "

@@ -113,15 +113,12 @@ Q3_EXPECTED = 30 * 3 * 4 * (576 + 1536)
 Q3_SQUARE = 30 * 3 * 4 * (576 + 576)  # treating every matrix as 576 x 576
 
 
-def _grade_mlp_count(answer) -> None:
-    if answer == Q3_SQUARE:
-        raise AssertionError("That counts every matrix as 576 x 576; the feed-forward matrices are not square.")
-    grade_number(Q3_EXPECTED, what="parameter count")(answer)
+Q3_MISTAKES = {Q3_SQUARE: "That counts every matrix as 576 x 576; the feed-forward matrices are not square."}
 
 
 q3 = Question(
     title="Q3 LoRA on the feed-forward layers",
-    grader=_grade_mlp_count,
+    grader=grade_number(Q3_EXPECTED, what="parameter count", known_wrong=Q3_MISTAKES),
     nudge="r (d_in + d_out) per matrix; read d_in and d_out of gate_proj, up_proj and down_proj from the model "
          "(print model.model.layers[0].mlp).",
     recipe="gate_proj and up_proj are 576 -> 1536, down_proj 1536 -> 576: r (d_in + d_out) each, three "
@@ -133,18 +130,16 @@ Q4_EXPECTED = 2 * 30 * 16 * 3 * 64
 Q4_WITHOUT_GQA = 2 * 30 * 16 * 576
 
 
-def _grade_prefix_count(answer) -> None:
-    if answer == Q4_WITHOUT_GQA:
-        raise AssertionError("That is a prefix for every query head (2 L l d). With grouped-query attention the "
-                             "keys and values exist once per key/value head.")
-    if answer == Q4_EXPECTED // 2:
-        raise AssertionError("A prefix holds keys *and* values.")
-    grade_number(Q4_EXPECTED, what="parameter count")(answer)
+Q4_MISTAKES = {
+    Q4_WITHOUT_GQA: "That is a prefix for every query head (2 L l d). With grouped-query attention the keys and "
+                    "values exist once per key/value head.",
+    Q4_EXPECTED // 2: "A prefix holds keys *and* values.",
+}
 
 
 q4 = Question(
     title="Q4 a prefix on a grouped-query model",
-    grader=_grade_prefix_count,
+    grader=grade_number(Q4_EXPECTED, what="parameter count", known_wrong=Q4_MISTAKES),
     nudge="Each layer gets l keys and l values. How many key/value heads does SmolLM2 have, and how wide is each?",
     recipe='2 (keys and values) x layers x l x key/value heads x head width.',
 )

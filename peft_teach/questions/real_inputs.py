@@ -143,7 +143,8 @@ def grade_in_the_model(answer, build_model: Callable[[], torch.nn.Module], insta
     theirs = gradients_of(trained)
     with blocked(*block), install(model, answer):
         result = model(**inputs)
-        yours = {name: p for name, p in model.named_parameters() if p.requires_grad}  # the learner's module may own them
+        # read inside: the learner's module may own its tensors
+        yours = {name: p for name, p in model.named_parameters() if p.requires_grad}
         if isinstance(result, torch.Tensor) and result.shape == expected.shape:
             probe_loss(result).backward()
         mine = gradients_of(yours)
