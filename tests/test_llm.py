@@ -7,11 +7,12 @@ vocabulary; one test loads the real 135M-parameter model.
 from __future__ import annotations
 
 import importlib.metadata
+from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset, DatasetDict
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from peft_teach import llm, tickets
 from peft_teach.methods import lora, prompts
@@ -186,6 +187,80 @@ def test_the_packaged_llm_loads_offline_as_a_plain_float_model(tokenizer):
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.num_key_value_heads) == (
         30, 576, 9, 3)
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
-    assert model.hf_quantizer is None and not hasattr(config, "quantization_config")
+    assert getattr(model, "hf_quantizer", None) is None and not hasattr(config, "quantization_config")
     assert next(model.parameters()).dtype == torch.float32
     assert "Paris" in llm.generate(model, tokenizer, ["What is the capital of France?"], max_new_tokens=12)[0]
+
+    # What was loaded is the dequantized copy; it must be the GGUF file's model and tokenizer exactly.
+    assert llm.converted_packaged_llm() is not None and model.name_or_path == str(llm.converted_packaged_llm())
+    gguf = llm.verify_packaged_llm()
+    direct = llm._load_gguf_model(str(gguf.parent), gguf.name)
+    ours, theirs = model.state_dict(), direct.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    saved_only = ("_name_or_path", "architectures")  # written by save_pretrained; they change no computation
+    configs = [{k: v for k, v in m.config.to_diff_dict().items() if k not in saved_only} for m in (model, direct)]
+    assert configs[0] == configs[1]
+    raw = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    assert raw.get_vocab() == tokenizer.get_vocab() and raw.chat_template == tokenizer.chat_template
+    assert (raw.eos_token, raw.bos_token) == (tokenizer.eos_token, tokenizer.bos_token)
+    texts = [llm.chat_text(tokenizer, row["prompt"]) + row["answer"] for row in tickets.load_tickets()["test"]]
+    assert raw(texts, add_special_tokens=False)["input_ids"] == tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+class _StandInTokenizer:
+    """Enough of a tokenizer for the cache tests: it saves one file, or is interrupted while saving."""
+
+    interrupt = False
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        return cls()
+
+    def save_pretrained(self, folder):
+        if self.interrupt:
+            raise KeyboardInterrupt
+        (Path(folder) / "tokenizer.json").write_text("{}")
+
+
+@pytest.fixture
+def stand_in_conversion(monkeypatch, tmp_path):
+    """The dequantized copy made from a tiny model into tmp_path/cache; counts the conversions."""
+    conversions = []
+
+    def convert(folder, gguf_file, dtype=torch.float32):
+        conversions.append(gguf_file)
+        return tiny_llm(64)
+
+    monkeypatch.setattr(llm, "_load_gguf_model", convert)
+    monkeypatch.setattr(llm, "AutoTokenizer", _StandInTokenizer)
+    monkeypatch.setattr(_StandInTokenizer, "interrupt", False)
+    monkeypatch.setenv("PEFT_TEACH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "notes.txt").write_text("the learner's own file")
+    return conversions
+
+
+def test_the_dequantized_copy_is_made_once_and_appears_whole(stand_in_conversion, tmp_path):
+    folder = llm.converted_packaged_llm()
+    assert folder.parent == tmp_path / "cache" and llm.LLM_SHA256[:12] in folder.name
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {f.name for f in folder.iterdir()}
+    assert llm.converted_packaged_llm() == folder and len(stand_in_conversion) == 1  # the second load reads it
+    assert sorted(f.name for f in folder.parent.iterdir()) == sorted([folder.name, "notes.txt"])
+    assert (tmp_path / "cache" / "notes.txt").read_text() == "the learner's own file"
+
+
+def test_an_interrupted_copy_leaves_nothing_behind(stand_in_conversion, tmp_path):
+    _StandInTokenizer.interrupt = True  # the model is written, then the job is stopped
+    with pytest.raises(KeyboardInterrupt):
+        llm.converted_packaged_llm()
+    assert [f.name for f in (tmp_path / "cache").iterdir()] == ["notes.txt"]  # no half copy under any name
+    _StandInTokenizer.interrupt = False
+    assert llm.converted_packaged_llm().is_dir() and len(stand_in_conversion) == 2  # the next load starts over
+
+
+def test_an_unwritable_cache_warns_and_reads_the_file(stand_in_conversion, tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("PEFT_TEACH_CACHE", str(tmp_path / "a_file" / "cache"))
+    with pytest.warns(UserWarning, match="PEFT_TEACH_CACHE"):
+        assert llm.converted_packaged_llm() is None
+    assert llm._source(None)[1] == {"gguf_file": llm.LLM_FILE}
