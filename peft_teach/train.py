@@ -184,6 +184,15 @@ def _update(loss: torch.Tensor, optimizer, schedule, history: History, start: fl
     history.train_loss.append(loss.item())
 
 
+def recipe(model: nn.Module, tokenizer, data: DatasetDict, *, epochs: int, lr: float, head_lr: float | None,
+           batch_size: int, weight_decay: float, warmup_ratio: float, seed: int, max_length: int):
+    """The course's recipe, seeded: AdamW (the head at ``head_lr`` if given), the shuffled batches, warm-up then decay."""
+    set_seed(seed)
+    optimizer = torch.optim.AdamW(parameter_groups(model, lr, head_lr), lr=lr, weight_decay=weight_decay)
+    loader = make_loader(data["train"], tokenizer, batch_size, shuffle=True, seed=seed, max_length=max_length)
+    return optimizer, loader, linear_schedule(optimizer, epochs * len(loader), warmup_ratio)
+
+
 def train(
     model: nn.Module,
     tokenizer,
@@ -210,16 +219,13 @@ def train(
     want a large one, a linear head a small one. Returns a :class:`History`.
     """
     check_training_setup(model, data, epochs=epochs, lr=lr, batch_size=batch_size, eval_split=eval_split)
-    set_seed(seed)
     device = device or get_device()
     model.to(device)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameter_groups(model, lr, head_lr), lr=lr, weight_decay=weight_decay)
-    loader = make_loader(data["train"], tokenizer, batch_size, shuffle=True, seed=seed, max_length=max_length)
-    total_steps = epochs * len(loader)
-    schedule = linear_schedule(optimizer, total_steps, warmup_ratio)
-    history = History(trainable_parameters=sum(p.numel() for p in parameters))
-    bar = _progress(total_steps)
+    optimizer, loader, schedule = recipe(model, tokenizer, data, epochs=epochs, lr=lr, head_lr=head_lr,
+                                         batch_size=batch_size, weight_decay=weight_decay,
+                                         warmup_ratio=warmup_ratio, seed=seed, max_length=max_length)
+    history = History(trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
+    bar = _progress(epochs * len(loader))
     for _ in range(epochs):
         model.train()
         for batch in loader:

@@ -22,7 +22,8 @@ CELLS: list[tuple[str, str]] = [
 - count, not estimate, what training needs in memory: weights, gradients, optimizer state and the activations
   autograd keeps for the backward pass; and what one more task costs on disk;
 - time methods against each other fairly (interleaved, as ratios to the base model);
-- place every method in the capacity–memory–speed triangle from these measurements, and pick a method for a constraint.
+- place every method in the capacity–memory–speed triangle from these measurements, and pick a method for a constraint;
+- train on several processes at once (data parallel, with `accelerate`) and say what PEFT changes there.
 
 **Prerequisites:** lessons 00–05 (every method here was built there).
 
@@ -785,6 +786,81 @@ tensors (an adapter, a prefix, a prompt, LoRA's A and B) and leaves the base wei
 the exception: it has the base model's exact shape and latency, but its task lives *inside* the weights, so
 serving another task means unmerging and merging again. For an edge device that serves one task, merged LoRA
 is the natural choice; for a server that switches tasks per request, unmerged LoRA, adapters or prefixes are."""),
+("md", """## 10. Beyond one machine: data parallel with `accelerate`
+
+When one process trains too slowly, the usual next step is **data parallel** training: N copies of the model,
+each in its own process (one per GPU, or several on a CPU), each taking 1/N of every batch. After the backward
+pass the copies average their gradients (an *all-reduce*), so every copy takes the same optimizer step and they
+stay identical. Hugging Face `accelerate` does the plumbing: `accelerator.prepare` wraps the model in PyTorch's
+`DistributedDataParallel` and hands each process its slice of every batch. The course's training loop keeps its
+shape: `peft_teach.distributed.train_data_parallel` is `train` plus `prepare`, `accelerator.backward`, and a
+logged loss averaged over the processes. The same module is a script you can launch:
+
+```
+accelerate launch --multi_gpu --num_processes 2 --module peft_teach.distributed --out runs/two
+```
+
+On a machine with N GPUs, `--num_processes N` puts one process on each GPU and they talk over NCCL; on a CPU,
+accelerate starts the processes there and joins them with PyTorch's gloo backend. The script does not change.
+
+What does PEFT change? Each process still holds the **whole model**: the frozen base is replicated, not
+divided, so every GPU needs the memory of section 3. What the processes **exchange** is one gradient per
+trainable value, every step."""),
+("code", """from peft_teach import distributed
+from peft_teach.train import train
+
+print(f"{'method':<22} {'sent per step':>14} {'weights per process':>20}")
+for method in protocol.METHODS:
+    model = protocol.build_method(method, num_labels=2, seed=0)
+    sent = distributed.gradient_bytes_per_step(model)
+    assert sent == memory[method]["gradients"]  # one gradient per trainable value, as counted in section 3
+    print(f"{protocol.METHODS[method].label:<22} {sent:>14,} {memory[method]['weights']:>20,}")
+    del model
+print("(bytes each process puts into the all-reduce per step, and the model each process holds)")
+ratio = memory["full_ft"]["gradients"] / memory["lora"]["gradients"]
+print(f"full fine-tuning sends {ratio:.0f} times what LoRA (r=8) sends, every step")"""),
+("md", """Now launch it for real: two processes on this machine's CPU, each with one thread, LoRA on 48 reviews in
+global batches of 16 (8 per process), two epochs. Beside it, the course's own `train` in this one process with
+the same global batch. Dropout is switched off in both: each process draws its own dropout masks, which would
+make the two runs differ by chance rather than by arithmetic. (The launch hides any GPU from the two processes,
+so this cell also runs on a machine with a single GPU.)"""),
+("code", """with tempfile.TemporaryDirectory() as folder:
+    two = distributed.launch_on_cpu(Path(folder) / "two", processes=2, examples=48, dropout=0.0)
+    two_model = build_classifier(2, seed=distributed.DEMO_RECIPE["seed"])
+    lora.load_lora(two_model, Path(folder) / "two" / "lora")  # written by process 0 only
+one_model, _, one_data = distributed.demo_run(48, dropout=0.0)
+start = {n: p.detach().clone() for n, p in one_model.named_parameters() if p.requires_grad}
+one = train(one_model, tokenizer, one_data, **distributed.DEMO_RECIPE, eval_split=None)
+
+print(f"{two['processes']} processes over {two['backend'].split('.')[-1]}")
+print(f"{'step':>4} {'2 processes':>12} {'1 process':>10}")
+for step, (a, b) in enumerate(zip(two["train_loss"], one.train_loss), 1):
+    print(f"{step:>4} {a:>12.3f} {b:>10.3f}")
+largest = max(abs(a - b) for a, b in zip(two["train_loss"], one.train_loss))
+expect_close("loss, 2 processes vs 1, largest difference", largest, 0.0, tol=1e-5)
+two_weights = dict(two_model.named_parameters())
+drift = max(((two_weights[n] - p).norm() / (p - start[n]).norm()).item()
+            for n, p in one_model.named_parameters() if p.requires_grad)
+expect_close("weights: difference / what training changed", drift, 0.0, tol=1e-2)"""),
+("md", """The two runs take the same steps: two processes average two means over 8 reviews where one process takes one
+mean over 16, the same number up to rounding. The weights agree to well under 1 % of what training changed them
+by (Adam divides each gradient by its own running size, so for the tiniest gradients a rounding difference shows
+in the step). The checkpoint process 0 wrote is the one-process model.
+
+Three things change on a real multi-GPU machine, and one does not:
+
+- each GPU computes its share of the batch at once, so a step takes about 1/N of the time, plus the all-reduce;
+- the all-reduce carries the bytes of the table above: for a PEFT method it is small next to the work of a
+  step, for full fine-tuning it is the whole model's worth every step;
+- the per-GPU batch is the global batch divided by N: keep the global batch (and so the learning rate) fixed;
+- **not** the memory of the frozen base: every GPU holds all of it. When the base does not fit on one GPU,
+  data parallel is not enough, and the frozen weights themselves must be divided between the GPUs (sharded
+  data parallel, e.g. PyTorch FSDP), or stored in fewer bits.
+
+A causal LM (lesson 07) needs one more care: its loss is a mean over *answer tokens*, and two halves of a batch
+rarely hold the same number of them, so the mean of the two processes' means weighs the tokens differently from
+one process's mean. To take one process's step, each process sums its token losses and divides by the number of
+answer tokens in the *whole* batch (itself all-reduced). The course runs only the classifier in several processes."""),
 ("md", """## Summary
 
 - One protocol for every method (same data, budget, seeds; a learning rate per method chosen on validation;
@@ -811,6 +887,10 @@ is the natural choice; for a server that switches tasks per request, unmerged Lo
   the generated sources show no negative transfer; sequential full fine-tuning forgets, by an amount that varies
   widely between seeds.
 
+- Data parallel training (section 10) replicates the whole model in every process and averages the gradients
+  of the trainable values only: PEFT shrinks what the processes exchange, not what each one holds. Two
+  processes take the same steps as one with the same global batch.
+
 ## Check your understanding
 
 1. Why is the learning rate chosen on validation and the accuracy reported on test? What would change if both
@@ -822,6 +902,8 @@ is the natural choice; for a server that switches tasks per request, unmerged Lo
 4. The sample standard deviation over 3 seeds is itself uncertain. Two methods differ by less than one std:
    what would you do before claiming one is better?
 5. Change the capacity score to use only SST-2. Which points move most in the triangle, and why?
+6. You train LoRA on 4 GPUs with data parallel. How many bytes does each GPU send per step, and how much memory
+   does the frozen base take on each GPU? What would you change if the base did not fit on one GPU?
 
 ## Further reading
 
