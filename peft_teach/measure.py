@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from peft_teach.quantize import stored_bytes
+
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (shared tensors counted once)."""
@@ -298,7 +300,7 @@ def training_memory(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[st
     """Counted bytes of one training step: weights, gradients, AdamW state, saved activations."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     return {
-        "weights": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "weights": stored_bytes(model),  # parameters, plus the codes of quantized layers (peft_teach.quantize)
         "gradients": sum(p.numel() * p.element_size() for p in trainable),
         "optimizer_state": optimizer_state_bytes(model),
         "activations": saved_activation_bytes(model, batch),

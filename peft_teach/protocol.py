@@ -34,6 +34,7 @@ from torch import nn
 from peft_teach.methods import adapters, lora, prefix, prefix_plus, prompts
 from peft_teach.methods.inject import train_only
 from peft_teach.models import build_classifier
+from peft_teach.quantize import quantize_linear_layers
 from peft_teach.train import evaluate, train
 
 SEEDS = (0, 1, 2)
@@ -78,20 +79,32 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 
-def build_method(method: str, num_labels: int, seed: int) -> nn.Module:
+def _lora_on_nf4(model: nn.Module, seed: int) -> None:
+    """QLoRA's recipe on the encoder: every linear layer of the backbone in NF4, then LoRA as in "lora"."""
+    quantize_linear_layers(model, "nf4")
+    lora.add_lora(model, ("query", "value"), r=8, seed=seed)
+
+
+# Beside METHODS, not in it: the same LoRA on a 4-bit base, compared with "lora" in lesson 05 (job qlora_sst2).
+QUANTIZED: dict[str, MethodSpec] = {
+    "lora_nf4": MethodSpec("LoRA (r=8, q+v), NF4 base", _lora_on_nf4, (1e-3, 3e-3, 1e-2)),
+}
+
+
+def build_method(method: str, num_labels: int, seed: int, methods: dict[str, MethodSpec] = METHODS) -> nn.Module:
     """A fresh classifier (head drawn from ``seed``) with ``method`` added."""
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; choose one of {list(METHODS)}.")
+    if method not in methods:
+        raise ValueError(f"Unknown method {method!r}; choose one of {list(methods)}.")
     model = build_classifier(num_labels, seed=seed)
-    METHODS[method].add(model, seed)
+    methods[method].add(model, seed)
     return model
 
 
 def run(method: str, data: DatasetDict, lr: float, seed: int, tokenizer, budget: dict | None = None,
-        head_lr: float = HEAD_LR) -> dict:
+        head_lr: float = HEAD_LR, methods: dict[str, MethodSpec] = METHODS) -> dict:
     """Train ``method`` once under the protocol; the curve on validation and the final test accuracy."""
-    model = build_method(method, len(data["train"].features["label"].names), seed)
-    return fit(model, data, lr, seed, tokenizer, budget=budget, head_apart=METHODS[method].train_head_apart,
+    model = build_method(method, len(data["train"].features["label"].names), seed, methods)
+    return fit(model, data, lr, seed, tokenizer, budget=budget, head_apart=methods[method].train_head_apart,
                head_lr=head_lr)
 
 

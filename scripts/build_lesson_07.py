@@ -524,6 +524,35 @@ untouched: the backward pass still runs through every layer, since the LoRA matr
 why "I used LoRA and still ran out of memory" is a common question: the fixes are a smaller batch or shorter
 sequences, activation checkpointing (recompute instead of store), or a method whose trainable parameters sit only
 near the top of the model."""),
+("md", """The weights are the other large part, and LoRA leaves them in float32. QLoRA stores the frozen base in 4 bits
+(lesson 05, section 10: blocks of 64 values, one float32 absmax each, NF4 code values) and trains LoRA on top. On
+SmolLM2 the linear layers hold most of the parameters, so most of the model shrinks by 32 / 4.5. Does the model
+still answer?"""),
+("code", """from peft_teach import quantize
+
+four_bit = copy.deepcopy(base_model)
+quantized = quantize.quantize_linear_layers(four_bit, "nf4")
+linear_values = sum(layer.in_features * layer.out_features for layer in quantized.values())
+print(f"{len(quantized)} linear layers, {linear_values:,} of {count_parameters(base_model):,} parameters "
+      f"({linear_values / count_parameters(base_model):.0%})")
+for label, candidate in (("float32", base_model), ("NF4 linear layers", four_bit)):
+    print(f"  {label:<18} weights {quantize.stored_bytes(candidate):>13,} bytes")
+bits = 8 * sum(layer.quantized().nbytes() for layer in quantized.values()) / linear_values
+print(f"{bits} bits per weight in the linear layers (float32: 32)")
+errors = [quantize.relative_error(base_model.get_submodule(name).weight, "nf4") for name in quantized]
+print(f"NF4 rounding, ||W - Q(W)|| / ||W||: mean {sum(errors) / len(errors):.3f} over the {len(errors)} matrices")
+answer = llm.generate(four_bit, tokenizer, [question], max_new_tokens=12)[0]
+print("NF4 base:", answer)
+assert "Paris" in answer
+lora.add_lora(four_bit, ("q_proj", "v_proj"), r=8, alpha=16)
+assert count_parameters(four_bit, trainable_only=True) == history.trainable_parameters  # the same LoRA as section 6
+del four_bit"""),
+("md", """The 210 linear layers, 79 % of the parameters, take 4.5 bits per weight instead of 32; the embeddings (tied with
+the output layer) stay in float32, as in QLoRA, so the weights shrink to about a third. The rounding moves each
+matrix by about a tenth of its norm, and the model still answers the question. The last lines of the cell put
+section 6's LoRA on the 4-bit base: the same trainable parameters on a much smaller base. We do not train it here:
+plain PyTorch dequantizes every linear layer in every forward pass, which is slow on a CPU; on a GPU, bitsandbytes
+does that inside its kernels."""),
 ("md", """## 11. What serving costs: time per token and the key/value cache
 
 A served model writes one token at a time, and each request keeps a **key/value cache**: for every token read or

@@ -14,6 +14,7 @@
     python scripts/precompute.py length_tradeoff   # lesson 04: short and long inputs, and a long prefix
     python scripts/precompute.py llm_tickets       # lesson 07: prompting and PEFT methods on the packaged LLM
     python scripts/precompute.py llm_sst2          # lesson 07: the same on SST-2 phrases (real data)
+    python scripts/precompute.py qlora_sst2        # lesson 05: LoRA on a 4-bit (NF4) base under the protocol, SST-2
 
 Each writes ``peft_teach/precomputed/<name>.json`` with the results, the recipe and
 how long it took. The protocol and transfer jobs are long (9 methods x (3 learning
@@ -293,6 +294,23 @@ def run_protocol(name: str, data, tokenizer, description: str) -> None:
         method, data, lr, protocol.SEEDS[0], tokenizer, budget={**protocol.BUDGET, "epochs": epochs}))
 
 
+def qlora_sst2(tokenizer) -> None:
+    """Lesson 05: LoRA on a 4-bit (NF4) base under lesson 06's protocol on SST-2; the float32 base's LoRA is in
+    protocol_sst2 (same data, budget, grid, seeds and selection); resumable."""
+    data = sst2_protocol_data()
+    recipe = {"task": f"SST-2 sample (real movie-review sentences), first {TRAIN_EXAMPLES:,} training sentences",
+              **protocol.BUDGET, "head_lr": protocol.HEAD_LR, "seeds": list(protocol.SEEDS),
+              "lr_grid": {m: list(spec.lr_grid) for m, spec in protocol.QUANTIZED.items()},
+              "base": "every nn.Linear of the encoder in NF4, blocks of 64 (peft_teach.quantize); embeddings, "
+                      "LayerNorms and the head in float32",
+              "train_examples": len(data["train"]), "validation_examples": len(data["validation"]),
+              "test_examples": len(data["test"]), "selection": SELECTION,
+              "metric": "accuracy; validation after every epoch, test at the end"}
+    store = ResumableStore("qlora_sst2", recipe)
+    grid_then_seeds(store, protocol.QUANTIZED, lambda method, lr, seed: protocol.run(
+        method, data, lr, seed, tokenizer, methods=protocol.QUANTIZED))
+
+
 def transfer_routing(tokenizer) -> None:
     """Lessons 02 and 06: every multi-task strategy on the target, then the transfer measurements; resumable."""
     tasks = transfer.load_tasks()
@@ -435,7 +453,7 @@ JOBS = {"fusion_comparison": fusion_comparison, "lora_sweep": lora_sweep, "prefi
         "fusion_heatmap": fusion_heatmap, "design_space_memory": design_space_memory}
 RESUMABLE = {"protocol_sentiment": protocol_sentiment, "protocol_sst2": protocol_sst2,
              "transfer_routing": transfer_routing, "length_tradeoff": length_tradeoff, "llm_tickets": llm_tickets,
-             "llm_sst2": llm_sst2, "head_rate_sst2": head_rate_sst2}
+             "llm_sst2": llm_sst2, "head_rate_sst2": head_rate_sst2, "qlora_sst2": qlora_sst2}
 
 
 def main() -> None:

@@ -251,3 +251,20 @@ def test_head_rate_check_reads_seed_0_at_the_chosen_rate_and_keeps_the_head_rate
     assert protocol.head_rate_choice(rows) == protocol.HEAD_LR  # worse, or not separable: keep 3e-3
     rows["lora"].update(verdict="separable", difference=0.05)
     assert protocol.head_rate_choice(rows) == protocol.HEAD_RATE_CHECK
+
+
+def test_stored_qlora_runs_follow_the_current_recipe():
+    """Lesson 05 compares qlora_sst2 with protocol_sst2's LoRA: both must follow the same protocol."""
+    from peft_teach import precomputed
+
+    try:
+        stored, fp32 = precomputed.load("qlora_sst2"), precomputed.load("protocol_sst2")
+    except FileNotFoundError:
+        pytest.skip("qlora_sst2 not precomputed yet: python scripts/precompute.py qlora_sst2")
+    recipe = stored["recipe"]
+    shared = ("task", "epochs", "batch_size", "head_lr", "seeds", "train_examples", "validation_examples",
+              "test_examples")
+    assert {k: recipe[k] for k in shared} == {k: fp32["recipe"][k] for k in shared}
+    assert recipe["lr_grid"] == {m: list(spec.lr_grid) for m, spec in protocol.QUANTIZED.items()}
+    assert recipe["lr_grid"]["lora_nf4"] == fp32["recipe"]["lr_grid"]["lora"]
+    assert set(protocol.summarize(stored, protocol.QUANTIZED)) == {"lora_nf4"}  # grid and 3 seeds complete

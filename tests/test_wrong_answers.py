@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from peft_teach.checks import INCORRECT, Question
+from peft_teach import quantize
 from peft_teach.methods import lora
 from peft_teach.methods.inject import replace_module
 
@@ -177,6 +178,10 @@ def written_wrong_answers() -> dict[str, list]:
         def forward(self, x):
             return self.scaling * (x @ self.lora_A.T @ self.lora_B.T)
 
+    def nf4_without_the_absmax(weight):
+        code = torch.tensor(quantize.NF4_VALUES)
+        return code[(weight[..., None] - code).abs().argmin(-1)]
+
     def fraction_of_full_ft(summary, method):
         return summary[method]["mean"] / summary["full_ft"]["mean"]
 
@@ -207,6 +212,7 @@ def written_wrong_answers() -> dict[str, list]:
         "05 q3": [merge_in_place, merge_alpha_not_over_r, merge_transposed, crashes],
         "05 q6": [lora.merge_lora, unwrap_without_merging, merge_and_unwrap, crashes],
         "05 q7": [*lesson_05.Q7_MISTAKES.values(), LeftUnfrozen, WithoutTheFrozenPath, lora.LoRALinear],
+        "05 q10": [*lesson_05.Q10_MISTAKES.values(), lambda weight: weight, nf4_without_the_absmax, crashes],
         "06 q6": [fraction_of_full_ft, the_mean_itself, against_head_only_alone, crashes],
     }
 
@@ -246,6 +252,7 @@ def test_the_package_itself_never_passes():
             query, memory[layer], "elu+1").transpose(1, 2)),
         (lesson_05.q6, lora.merge_lora),
         (lesson_05.q7, lora.LoRALinear),
+        (lesson_05.q10, lambda weight: quantize.dequantize(quantize.quantize(weight, "nf4"))),
         (lesson_06.q4, measure.saved_activation_bytes),
     ]
     for question, package in cases:

@@ -57,10 +57,11 @@ from peft_teach.files import foreign_files, replace_atomically, write_text_atomi
 from peft_teach.methods.checkpoint import CheckpointError, load_head, read_checkpoint, save_checkpoint, split_head
 from peft_teach.methods.inject import find_modules, replace_module, train_only
 from peft_teach.models import base_model_fingerprint, check_same_base, get_backbone, seeded_generator
+from peft_teach.quantize import QuantizedLinear
 
 # Layers LoRA can wrap. GPT-2's Conv1D is a linear layer whose weight is stored
 # transposed (d_in x d_out) and computes x @ W + b.
-ADAPTABLE = (nn.Linear, Conv1D)
+ADAPTABLE = (nn.Linear, Conv1D, QuantizedLinear)
 HEAD_KEY = "peft_teach_head"  # metadata entry of the head file: the base-model fingerprint
 HEAD_FILE = "classifier_head.safetensors"  # the head, saved beside a peft export
 
@@ -70,12 +71,12 @@ HEAD_FILE = "classifier_head.safetensors"  # the head, saved beside a peft expor
 
 def in_out_features(layer: nn.Module) -> tuple[int, int]:
     """(d_in, d_out) of an ``nn.Linear`` or a GPT-2 ``Conv1D``."""
-    if isinstance(layer, nn.Linear):
+    if isinstance(layer, (nn.Linear, QuantizedLinear)):
         return layer.in_features, layer.out_features
     if isinstance(layer, Conv1D):
         d_in, d_out = layer.weight.shape  # stored transposed
         return d_in, d_out
-    raise TypeError(f"LoRA wraps nn.Linear or GPT-2 Conv1D layers, not {type(layer).__name__}.")
+    raise TypeError(f"LoRA wraps nn.Linear, GPT-2 Conv1D or quantized linear layers, not {type(layer).__name__}.")
 
 
 class LoRALinear(nn.Module):
@@ -146,6 +147,9 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def merge(self) -> None:
         """Fold the update into the frozen weight (no-op if already merged)."""
+        if isinstance(self.base_layer, QuantizedLinear):
+            raise TypeError("This LoRA sits on a quantized layer, whose 4- or 8-bit codes cannot hold W0 + (alpha/r) B A. "
+                            "Call peft_teach.quantize.dequantize_linear_layers(model) first, then merge.")
         if not self.merged:
             delta = self.delta_weight()
             # DoRA's change depends on W0, which merging overwrites: keep it to take out again.

@@ -14,6 +14,7 @@ from torch import nn
 
 from peft_teach.checks import (Question, assert_not_the_package, blocked, grade_function, grade_number, multiple_choice,
                                register)
+from peft_teach import quantize
 from peft_teach.methods import lora
 from peft_teach.models import build_classifier
 from peft_teach.methods.inject import replace_module
@@ -329,7 +330,91 @@ q8 = Question(
 )
 
 
-QUESTIONS = {"q1": q1, "q2": q2, "q3": q3, "q4": q4, "q5": q5, "q6": q6, "q7": q7, "q8": q8}
+# ----------------------------------------------------------------------------- Q9: the bytes of a 4-bit base
+
+# every nn.Linear of MiniLM's encoder (6 layers of q, k, v, attention output 384 x 384 and 384 <-> 1536 twice) and the
+# pooler (384 x 384), in NF4: 4 bits a value and one float32 absmax per block of 64 values
+Q9_VALUES = 6 * (4 * 384 * 384 + 2 * 384 * 1536) + 384 * 384
+Q9_EXPECTED = Q9_VALUES // 2 + 4 * Q9_VALUES // 64
+Q9_MISTAKES = {
+    Q9_VALUES // 2: "That counts the 4-bit codes only: every block of 64 values also keeps its absmax, 4 bytes.",
+    4 * Q9_VALUES: "That is the float32 size, 4 bytes a value; NF4 stores 4 bits a value plus the absmax values.",
+}
+
+
+q9 = Question(
+    title="Q9 the bytes of a 4-bit base",
+    grader=grade_number(Q9_EXPECTED, what="number of bytes", known_wrong=Q9_MISTAKES),
+    nudge="First count the values in all 37 linear matrices (their shapes are in lesson 05's section 10 or in "
+          "print(model)). Then: 4 bits per value, and 4 bytes per block of 64 values.",
+    recipe="values = 6 x (4 x 384 x 384 + 2 x 384 x 1536) + 384 x 384; bytes = values / 2 + 4 x values / 64.",
+)
+
+# ----------------------------------------------------------------------------- Q10: NF4, written by the learner
+
+Q10_MATRICES = ("encoder.layer.0.attention.self.query", "encoder.layer.3.intermediate.dense",
+                "encoder.layer.5.output.dense")
+# Values where the nearest code value is a tie up to float rounding may land either side (measured on all of
+# MiniLM's linear layers: 1 value in 10,764,288 differs between two correct implementations).
+Q10_TIES_ALLOWED = 2
+
+
+def _nf4_global_absmax(weight: torch.Tensor) -> torch.Tensor:
+    code = torch.tensor(quantize.NF4_VALUES)
+    absmax = weight.abs().max()
+    return code[(weight[..., None] / absmax - code).abs().argmin(-1)] * absmax
+
+
+def _nf4_uniform_levels(weight: torch.Tensor) -> torch.Tensor:
+    blocks = weight.reshape(-1, 64)
+    absmax = blocks.abs().amax(1, keepdim=True)
+    return (torch.round(blocks / absmax * 7) / 7 * absmax).reshape(weight.shape)
+
+
+def _nf4_per_row(weight: torch.Tensor) -> torch.Tensor:
+    code = torch.tensor(quantize.NF4_VALUES)
+    absmax = weight.abs().amax(1, keepdim=True)
+    return code[(weight[..., None] / absmax[..., None] - code).abs().argmin(-1)] * absmax
+
+
+Q10_MISTAKES = {
+    "one absmax for the whole matrix instead of one per block of 64 values": _nf4_global_absmax,
+    "15 evenly spaced levels instead of the NF4 code values": _nf4_uniform_levels,
+    "one absmax per row instead of one per block of 64 values": _nf4_per_row,
+}
+
+
+def _grade_nf4(function) -> None:
+    assert_not_the_package(function, (quantize, "quantize"), (quantize, "dequantize"))
+    model = build_classifier(2, seed=0)
+    for name in Q10_MATRICES:
+        weight = model.backbone.get_submodule(name).weight.detach()
+        expected = quantize.dequantize(quantize.quantize(weight, "nf4"))
+        with blocked((quantize, "quantize"), (quantize, "dequantize"), (quantize, "QuantizedLinear")):
+            result = function(weight.clone())
+        assert isinstance(result, torch.Tensor), "Return the rebuilt weight as a tensor."
+        assert result.shape == weight.shape, f"Return a tensor of the weight's shape {tuple(weight.shape)}."
+        differing = int((result != expected).sum())
+        if differing > Q10_TIES_ALLOWED:
+            for mistake, wrong in Q10_MISTAKES.items():
+                if torch.equal(wrong(weight), result):
+                    raise AssertionError(f"That is {mistake}.")
+            raise AssertionError(f"{differing:,} of the {weight.numel():,} values of {name} differ from NF4's "
+                                 "rounding: each value should become the nearest code value x its block's absmax.")
+
+
+q10 = Question(
+    title="Q10 NF4 on real weights, written by you",
+    grader=_grade_nf4,
+    nudge="Cut the weight into rows of 64 values, divide each row by its largest absolute value, pick the nearest of "
+          "the 16 values in quantize.NF4_VALUES for every entry, then multiply back and restore the shape.",
+    recipe="blocks = weight.reshape(-1, 64); absmax = blocks.abs().amax(1, keepdim=True); code = "
+           "torch.tensor(NF4_VALUES); index = (blocks[..., None] / absmax[..., None] - code).abs().argmin(-1); "
+           "return (code[index] * absmax).reshape(weight.shape).",
+)
+
+
+QUESTIONS = {"q1": q1, "q2": q2, "q3": q3, "q4": q4, "q5": q5, "q6": q6, "q7": q7, "q8": q8, "q9": q9, "q10": q10}
 
 
 register("05_lora.ipynb", globals())  # q.solution() finds the solved code by these names
