@@ -181,6 +181,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=64, help="training examples (a multiple of the batch)")
     parser.add_argument("--dropout", type=float, default=0.1, help="0 to compare with a one-process run exactly")
     args = parser.parse_args()
+    if (args.out / "history.json").exists():  # a finished run's record: never written over
+        raise SystemExit(f"{args.out / 'history.json'} exists: choose a new --out folder.")
 
     accelerator = make_accelerator()
     model, tokenizer, data = demo_run(args.examples, args.dropout)

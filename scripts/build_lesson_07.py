@@ -550,9 +550,9 @@ del four_bit"""),
 ("md", """The 210 linear layers, 79 % of the parameters, take 4.5 bits per weight instead of 32; the embeddings (tied with
 the output layer) stay in float32, as in QLoRA, so the weights shrink to about a third. The rounding moves each
 matrix by about a tenth of its norm, and the model still answers the question. The last lines of the cell put
-section 6's LoRA on the 4-bit base: the same trainable parameters on a much smaller base. We do not train it here:
-plain PyTorch dequantizes every linear layer in every forward pass, which is slow on a CPU; on a GPU, bitsandbytes
-does that inside its kernels."""),
+section 6's LoRA on the 4-bit base: the same trainable parameters on a much smaller base. We do not train it here,
+and we have not timed it: plain PyTorch rebuilds every linear layer's weight in every forward and backward pass,
+where bitsandbytes does that inside its GPU kernels."""),
 ("md", """## 11. What serving costs: time per token and the key/value cache
 
 A served model writes one token at a time, and each request keeps a **key/value cache**: for every token read or

@@ -93,3 +93,11 @@ def test_a_batch_that_does_not_split_evenly_is_refused():
         distributed.check_even_split(48, 15, 2)
     with pytest.raises(ValueError, match="the last batch has 7"):
         distributed.check_even_split(39, 16, 2)
+
+
+def test_a_finished_run_is_never_written_over(tmp_path, monkeypatch):
+    (tmp_path / "history.json").write_text("a finished run")
+    monkeypatch.setattr("sys.argv", ["peft_teach.distributed", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="choose a new --out"):
+        distributed.main()
+    assert (tmp_path / "history.json").read_text() == "a finished run"
