@@ -23,8 +23,13 @@ TESTING     := $(OFFLINE) PEFT_TEACH_CACHE=$(CURDIR)/build/cache
 # --no-compile: pip would otherwise byte-compile every installed file (about 100 s of the 2.5 min install on
 # 2 cores); Python compiles only the modules it imports, once, on first import.
 PIP         := -m pip install --quiet --no-compile
+# make test runs the suite in TEST_WORKERS processes (pytest-xdist), each notebook whole in one of them, each on one
+# thread: on 2 cores two notebooks at a time on one thread each do 1.27x the work of one on two threads (lesson 04:
+# 130 s alone on two threads; two copies side by side on one thread each, 206 s). TEST_WORKERS=1: one at a time.
+TEST_WORKERS ?= 2
+ONE_THREAD  := $(if $(filter 1,$(TEST_WORKERS)),,OMP_NUM_THREADS=1)
 
-.PHONY: course test test-main test-adapterhub test-browser test-colab venv adapterhub-env exercises execute precompute benchmark clean
+.PHONY: course test test-main runtimes test-adapterhub test-browser test-colab venv adapterhub-env exercises execute precompute benchmark clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements-lock.txt pyproject.toml
@@ -57,7 +62,13 @@ course: venv
 test: test-main test-adapterhub
 
 test-main: venv
-	$(TESTING) $(BIN)/python -m pytest
+	$(TESTING) $(ONE_THREAD) $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# The runtimes the course states: every notebook alone, one after another, on all the cores (what a learner sees),
+# then published into runtimes.json, the README and the lesson headers. About 30 minutes on 2 cores.
+runtimes: venv
+	$(TESTING) $(BIN)/python -m pytest notebooks solutions
+	$(BIN)/python scripts/publish_runtimes.py
 
 test-adapterhub: adapterhub-env
 	$(TESTING) $(AH_BIN)/python -m pytest tests/adapterhub -o addopts="" -p no:cacheprovider

@@ -5,6 +5,10 @@ scripts/publish_runtimes.py`` copies a complete, passing run into ``runtimes.jso
 README syllabus and the lesson headers: the one source of every runtime the course states.
 The budgets (a lesson <= 4 min, a practice notebook <= 60 s on a 2-core CPU) are tested
 against ``runtimes.json`` in tests/test_runtimes.py.
+
+``make test`` runs notebooks side by side (pytest-xdist, one thread each), so its seconds are not what a
+learner sees; the run records how it ran, and only a run of one notebook at a time on all the cores
+(``make runtimes``) is published.
 """
 
 from __future__ import annotations
@@ -40,11 +44,13 @@ def pytest_terminal_summary(terminalreporter):
                     failed.add(path)
     if not seconds:
         return
-    terminalreporter.write_sep("-", "notebook runtimes under nbval")
+    workers = terminalreporter.config.getoption("numprocesses", None) or 0  # pytest-xdist's -n; 0 without it
+    threads = os.environ.get("OMP_NUM_THREADS", "all cores")
+    terminalreporter.write_sep("-", f"notebook runtimes under nbval ({max(workers, 1)} at a time, threads: {threads})")
     for path, total in sorted(seconds.items()):
         terminalreporter.write_line(f"{path:<50} {total:6.0f} s" + ("  (FAILED)" if path in failed else ""))
     LAST_RUN.parent.mkdir(exist_ok=True)
     LAST_RUN.write_text(json.dumps({
         "date": datetime.date.today().isoformat(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
-        "device": _device(), "failed": sorted(failed),
+        "device": _device(), "workers": workers, "threads": threads, "failed": sorted(failed),
         "seconds": {path: round(total) for path, total in sorted(seconds.items())}}, indent=2) + "\n")

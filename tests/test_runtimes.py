@@ -19,7 +19,7 @@ LESSON_BUDGET_S, PRACTICE_BUDGET_S = 240, 60  # seconds on a 2-core CPU, the cou
 
 def test_every_notebook_has_a_published_runtime():
     expected = {str(p.relative_to(ROOT)) for p in publish_runtimes.notebooks()}
-    assert set(RUNTIMES["seconds"]) == expected, "Run `make test`, then `python scripts/publish_runtimes.py`."
+    assert set(RUNTIMES["seconds"]) == expected, "Run `make runtimes` (it publishes)."
 
 
 @pytest.mark.parametrize("path", sorted(RUNTIMES["seconds"]))
@@ -40,3 +40,19 @@ def test_lesson_header_states_the_published_runtime(lesson):
     assert publish_runtimes.HEADER.search(first), "the first cell needs a '**Runtime (measured):**' line"
     key = str(lesson.relative_to(ROOT))
     assert first == publish_runtimes.expected_first_cell(first, RUNTIMES, key), "python scripts/publish_runtimes.py"
+
+
+def test_only_a_run_of_one_notebook_at_a_time_on_all_cores_is_published(monkeypatch, tmp_path):
+    """make test runs two notebooks at a time on one thread each: its seconds are not what a learner sees."""
+    monkeypatch.setattr(publish_runtimes, "RUNTIMES", tmp_path / "runtimes.json")
+    monkeypatch.setattr(publish_runtimes, "README", tmp_path / "README.md")
+    monkeypatch.setattr(publish_runtimes.nbformat, "write", lambda *args: None)
+    (tmp_path / "README.md").write_text((ROOT / "README.md").read_text())
+    run = {"date": "2026-12-07", "machine": "x86_64", "cpu_count": 2, "device": "cpu", "failed": [],
+           "seconds": {str(p.relative_to(ROOT)): 1 for p in publish_runtimes.notebooks()}}
+    for how in ({"workers": 2, "threads": "1"}, {"workers": 0, "threads": "1"}):
+        with pytest.raises(SystemExit, match="make runtimes"):
+            publish_runtimes.publish({**run, **how})
+    assert not (tmp_path / "runtimes.json").exists()
+    published = publish_runtimes.publish({**run, "workers": 0, "threads": "all cores"})
+    assert set(published["seconds"].values()) == {1} and (tmp_path / "runtimes.json").exists()
