@@ -252,6 +252,23 @@ LORA_TARGET_SETS = {  # identifier: (targets, rank); (almost) the same number of
 LORA_TARGET_LABELS = {"qv_r8": "q, v  r=8", "qkvo_r4": "q, k, v, o  r=4", "all_linear_r2": "all linear  r=2"}
 
 
+# The rank sweep again with both scales (lesson 05, section 9): LoRA's alpha / r and rsLoRA's alpha / sqrt(r),
+# one learning rate for every rank, as when a rate tuned at one rank is kept for another.
+SCALING_RANKS = (2, 8, 32, 128)  # on query and value
+SCALINGS = {"alpha/r": False, "alpha/sqrt(r)": True}  # name -> add_lora's rslora
+
+
+def run_lora_scaling(tokenizer, data: DatasetDict, r: int, scaling: str, seed: int) -> dict:
+    """LoRA on query and value at rank ``r`` scaled by ``scaling`` (a key of SCALINGS), trained with LORA_BUDGET."""
+    if scaling not in SCALINGS:
+        raise ValueError(f"Unknown scaling {scaling!r}; choose one of {list(SCALINGS)}.")
+    model = build_classifier(2, seed=seed)
+    lora.add_lora(model, targets=("query", "value"), r=r, alpha=16, seed=seed, rslora=SCALINGS[scaling])
+    history = train(model, tokenizer, data, seed=seed, **LORA_BUDGET)
+    return {"validation": history.eval_accuracy, "test": evaluate(model, data["test"], tokenizer),
+            "train_loss": history.train_loss}
+
+
 def run_lora(tokenizer, data: DatasetDict, targets, r: int, alpha: float = 16, seed: int = 0) -> dict:
     """LoRA on ``targets`` with rank ``r``, trained with LORA_BUDGET: parameters and validation accuracy."""
     model = build_classifier(2, seed=seed)

@@ -311,6 +311,21 @@ def qlora_sst2(tokenizer) -> None:
         method, data, lr, seed, tokenizer, methods=protocol.QUANTIZED))
 
 
+def rank_scaling(tokenizer) -> None:
+    """Lesson 05: the rank sweep with alpha/r and with alpha/sqrt(r) (rsLoRA), three seeds each; resumable."""
+    data = load_task("sentiment")
+    recipe = {**experiments.LORA_BUDGET, "alpha": 16, "targets": ["query", "value"],
+              "ranks": list(experiments.SCALING_RANKS), "scalings": list(experiments.SCALINGS),
+              "seeds": list(protocol.SEEDS), "test_examples": len(data["test"]),
+              "metric": "sentiment: validation accuracy after each epoch, test accuracy at the end, loss per step"}
+    store = ResumableStore("rank_scaling", recipe)
+    for seed in protocol.SEEDS:  # seed by seed: a stopped job already holds every rank and scale of its first seeds
+        for scaling in experiments.SCALINGS:
+            for r in experiments.SCALING_RANKS:
+                store.get(f"{scaling}|r={r}|seed={seed}",
+                          lambda: experiments.run_lora_scaling(tokenizer, data, r, scaling, seed))
+
+
 def transfer_routing(tokenizer) -> None:
     """Lessons 02 and 06: every multi-task strategy on the target, then the transfer measurements; resumable."""
     tasks = transfer.load_tasks()
@@ -453,7 +468,8 @@ JOBS = {"fusion_comparison": fusion_comparison, "lora_sweep": lora_sweep, "prefi
         "fusion_heatmap": fusion_heatmap, "design_space_memory": design_space_memory}
 RESUMABLE = {"protocol_sentiment": protocol_sentiment, "protocol_sst2": protocol_sst2,
              "transfer_routing": transfer_routing, "length_tradeoff": length_tradeoff, "llm_tickets": llm_tickets,
-             "llm_sst2": llm_sst2, "head_rate_sst2": head_rate_sst2, "qlora_sst2": qlora_sst2}
+             "llm_sst2": llm_sst2, "head_rate_sst2": head_rate_sst2, "qlora_sst2": qlora_sst2,
+             "rank_scaling": rank_scaling}
 
 
 def main() -> None:

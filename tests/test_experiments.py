@@ -101,3 +101,29 @@ def test_joint_multitask_trains_a_shared_adapter_and_leaves_the_others_alone(tok
     assert adapters.adapter_names(model) == ["existing"]  # the shared adapter is removed afterwards
     after = adapters.adapter_state_dict(model, "existing")
     assert all(torch.equal(value, after[key]) for key, value in existing.items())
+
+
+def test_stored_rank_scaling_is_complete_and_follows_the_current_recipe():
+    """Every scale x rank x seed of the rank_scaling job, each with the recipe's budget (lesson 05, section 9)."""
+    from peft_teach import protocol
+    from peft_teach.data import load_task
+    from peft_teach.train import steps_per_epoch
+
+    stored = precomputed.load("rank_scaling")
+    recipe = stored["recipe"]
+    assert {k: recipe[k] for k in experiments.LORA_BUDGET} == experiments.LORA_BUDGET
+    assert recipe["ranks"] == list(experiments.SCALING_RANKS) and recipe["scalings"] == list(experiments.SCALINGS)
+    assert recipe["seeds"] == list(protocol.SEEDS)
+    expected = {f"{scaling}|r={r}|seed={seed}" for scaling in experiments.SCALINGS
+                for r in experiments.SCALING_RANKS for seed in protocol.SEEDS}
+    assert set(stored["runs"]) == expected
+    train_examples = len(load_task("sentiment")["train"])
+    steps = experiments.LORA_BUDGET["epochs"] * steps_per_epoch(train_examples, experiments.LORA_BUDGET["batch_size"])
+    for run in stored["runs"].values():
+        assert len(run["validation"]) == experiments.LORA_BUDGET["epochs"] and len(run["train_loss"]) == steps
+        assert _accuracies_are_valid(run["validation"] + [run["test"]])
+
+
+def test_an_unknown_scaling_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="alpha/sqrt"):
+        experiments.run_lora_scaling(None, None, 8, "alpha/r^2", 0)
