@@ -24,8 +24,9 @@ TESTING     := $(OFFLINE) PEFT_TEACH_CACHE=$(CURDIR)/build/cache
 # 2 cores); Python compiles only the modules it imports, once, on first import.
 PIP         := -m pip install --quiet --no-compile
 # make test runs the suite in TEST_WORKERS processes (pytest-xdist), each file whole in one of them (lessons 01 and
-# 02, which share trained adapters, in the same one: conftest.py), each on one thread: on 2 cores two notebooks at a time on one thread each do 1.27x the work of one on two threads (lesson 04:
-# 130 s alone on two threads; two copies side by side on one thread each, 206 s). TEST_WORKERS=1: one at a time.
+# 02, which share trained adapters, in the same one: conftest.py), each on one thread. On 2 cores, two notebooks at
+# a time on one thread each do 1.27x the work of one on two threads (lesson 04: 130 s alone on two threads; two
+# copies side by side on one thread each, 206 s). TEST_WORKERS=1: one at a time, on all the cores.
 TEST_WORKERS ?= 2
 ONE_THREAD  := $(if $(filter 1,$(TEST_WORKERS)),,OMP_NUM_THREADS=1)
 
