@@ -100,7 +100,7 @@ SOURCE_RECIPES = {  # lesson 01 trains sentiment, aspect and topic with exactly 
 }
 TARGET_BUDGET = dict(epochs=4, batch_size=32)  # 32 steps on the 256 routing examples, for every method
 FUSION_LR, ADAPTER_LR = 4e-3, 3e-3
-FULL_FT = dict(lr=2e-4, batch_size=16)  # lesson 00's full fine-tuning recipe
+FULL_FT = dict(lr=2e-4, batch_size=16)  # the short full fine-tuning recipe of the sequential runs (lesson 02)
 TEST_EXAMPLES = 300
 
 
@@ -223,7 +223,7 @@ def run_head_only(tokenizer, target: DatasetDict, seed: int, epochs: int = 30, l
 def run_sequential_full_ft(tokenizer, source: DatasetDict, target: DatasetDict, seed: int = 0) -> dict:
     """Full fine-tuning on ``source``, then on ``target`` (new head); the source's accuracy before and after.
 
-    Both stages use lesson 00's recipes (source 2 epochs, target 6 epochs). After stage 2
+    Both stages use :data:`FULL_FT` (source 2 epochs, target 6 epochs). After stage 2
     the source head, untouched since stage 1, is put back: any drop comes from the
     shared encoder weights that stage 2 moved.
     """

@@ -90,3 +90,22 @@ def test_lesson_07_sst2_sentences_match_the_intervals():
                for method in ("full_ft", "lora")}
     assert verdict == {"full_ft": "not separable here", "lora": "separable"}
     assert "MiniLM fully fine-tuned are not separable here" in text
+
+
+def test_lesson_05_rank_scaling_sentences_match_the_intervals():
+    stored = precomputed.load("rank_scaling")
+    recipe = stored["recipe"]
+
+    def tests(scale: str, r: int) -> list[float]:
+        return [stored["runs"][f"{scale}|r={r}|seed={seed}"]["test"] for seed in recipe["seeds"]]
+
+    verdicts = {}
+    for r in recipe["ranks"]:
+        difference, lower, upper = protocol.difference_interval(tests("alpha/sqrt(r)", r), tests("alpha/r", r),
+                                                                recipe["test_examples"])
+        verdicts[r] = (protocol.verdict(lower, upper), difference < 0)
+    assert verdicts[2][0] == verdicts[8][0] == "not separable here"
+    assert verdicts[32] == verdicts[128] == ("separable", True)
+    text = prose("05")
+    assert "At r = 2 and r = 8 the two scales are not separable here" in text
+    assert "At r = 32 and r = 128 α/√r is lower, and the interval excludes 0" in text
