@@ -188,8 +188,9 @@ plt.show()"""),
 The table above is precomputed. Here one of its configurations is trained again with the same function
 (`protocol.run`): head-only training at its chosen learning rate with seed 0 on `sentiment`, the one that is
 cheap to repeat (no backward pass through the encoder; lesson 03 re-trains a stored prefix run the same way).
-Same code and seed, yet not always the same floating-point sums (thread count, CPU, GPU): over 300 steps
-such differences grow like a change of seed, so the tolerance follows the spread between seeds."""),
+Same code and seed, yet not always the same floating-point sums (thread count, CPU, GPU), so the check allows a
+tolerance: the course's 0.03 for a re-trained run. It is loose for this method: head-only's seeds spread far less
+than that (table above), because only the head moves."""),
 ("code", """chosen = results["sentiment"]["head_only"]
 live = protocol.run("head_only", data, chosen["lr"], seed=0, tokenizer=tokenizer)
 reference = stored["sentiment"]["runs"][f"head_only|lr={chosen['lr']:g}|seed=0"]["test"]
