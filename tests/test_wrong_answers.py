@@ -18,7 +18,7 @@ from torch import nn
 
 from peft_teach.checks import INCORRECT, Question
 from peft_teach import quantize
-from peft_teach.methods import lora
+from peft_teach.methods import ia3, lora
 from peft_teach.methods.inject import replace_module
 
 LESSONS = range(7)
@@ -178,6 +178,24 @@ def written_wrong_answers() -> dict[str, list]:
         def forward(self, x):
             return self.scaling * (x @ self.lora_A.T @ self.lora_B.T)
 
+    class IA3LeftUnfrozen(nn.Module):
+        def __init__(self, base_layer, feedforward=False):
+            super().__init__()
+            self.base_layer, self.feedforward = base_layer, feedforward
+            self.ia3_scale = nn.Parameter(torch.ones(base_layer.in_features if feedforward else base_layer.out_features))
+
+        def forward(self, x):
+            return self.base_layer(x * self.ia3_scale) if self.feedforward else self.base_layer(x) * self.ia3_scale
+
+    class IA3StartingAtZero(IA3LeftUnfrozen):
+        def __init__(self, base_layer, feedforward=False):
+            super().__init__(base_layer.requires_grad_(False), feedforward)
+            nn.init.zeros_(self.ia3_scale)
+
+    class IA3OutputScaleEverywhere(IA3LeftUnfrozen):  # W_2's scale on its 384 outputs, not its 1,536 inputs
+        def __init__(self, base_layer, feedforward=False):
+            super().__init__(base_layer.requires_grad_(False), False)
+
     def nf4_without_the_absmax(weight):
         code = torch.tensor(quantize.NF4_VALUES)
         return code[(weight[..., None] - code).abs().argmin(-1)]
@@ -213,6 +231,8 @@ def written_wrong_answers() -> dict[str, list]:
         "05 q6": [lora.merge_lora, unwrap_without_merging, merge_and_unwrap, crashes],
         "05 q7": [*lesson_05.Q7_MISTAKES.values(), LeftUnfrozen, WithoutTheFrozenPath, lora.LoRALinear],
         "05 q10": [*lesson_05.Q10_MISTAKES.values(), lambda weight: weight, nf4_without_the_absmax, crashes],
+        "05 q11": [*lesson_05.Q11_MISTAKES.values(), IA3LeftUnfrozen, IA3StartingAtZero, IA3OutputScaleEverywhere,
+                   ia3.IA3Linear],
         "06 q6": [fraction_of_full_ft, the_mean_itself, against_head_only_alone, crashes],
     }
 
@@ -253,6 +273,7 @@ def test_the_package_itself_never_passes():
         (lesson_05.q6, lora.merge_lora),
         (lesson_05.q7, lora.LoRALinear),
         (lesson_05.q10, lambda weight: quantize.dequantize(quantize.quantize(weight, "nf4"))),
+        (lesson_05.q11, ia3.IA3Linear),
         (lesson_06.q4, measure.saved_activation_bytes),
     ]
     for question, package in cases:

@@ -1,8 +1,8 @@
 """Graded questions of the LoRA practice notebook (solutions/05_lora.ipynb).
 
 Each ``Question`` grades one task; failure messages help without giving the answer.
-Q6 runs the real all-MiniLM-L6-v2 with LoRA; its reference logits come from the package's
-unmerged LoRA model when the check runs.
+Q6, Q7 and Q11 run the real all-MiniLM-L6-v2 with the method in place; their reference logits come from
+the package's model when the check runs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import nn
 from peft_teach.checks import (Question, assert_not_the_package, blocked, grade_function, grade_number, multiple_choice,
                                register)
 from peft_teach import quantize
-from peft_teach.methods import lora
+from peft_teach.methods import ia3, lora
 from peft_teach.models import build_classifier
 from peft_teach.methods.inject import replace_module
 from peft_teach.questions.real_inputs import grade_in_the_model, review_batch
@@ -414,7 +414,103 @@ q10 = Question(
 )
 
 
-QUESTIONS = {"q1": q1, "q2": q2, "q3": q3, "q4": q4, "q5": q5, "q6": q6, "q7": q7, "q8": q8, "q9": q9, "q10": q10}
+# ----------------------------------------------------------------------------- Q11: your IA3 layer (real model)
+
+
+def moved_ia3_model() -> torch.nn.Module:
+    """MiniLM with IA3 in the paper's places (keys, values, W_2's input), every vector moved away from one."""
+    model = build_classifier(2, seed=0)
+    generator = torch.Generator().manual_seed(58)
+    with torch.no_grad():
+        for layer in ia3.add_ia3(model).values():
+            layer.ia3_scale.copy_(1 + 0.2 * torch.randn(layer.ia3_scale.shape, generator=generator))
+    return model.eval()
+
+
+@contextmanager
+def ia3_layers_replaced_by(model: torch.nn.Module, layer_class):
+    """Every IA3 layer of ``model`` becomes ``layer_class(base_layer, feedforward=...)`` with the package's vector.
+
+    As in Q7, the frozen layer is handed over trainable: freezing it is the learner's job.
+    """
+    packaged = ia3.ia3_layers(model)
+    try:
+        for name, layer in packaged.items():
+            layer.base_layer.requires_grad_(True)
+            yours = layer_class(layer.base_layer, feedforward=layer.feedforward)
+            scale = getattr(yours, "ia3_scale", None)
+            assert isinstance(scale, nn.Parameter), (
+                "Your layer needs a parameter named ia3_scale (an nn.Parameter), as the lesson's has.")
+            side = "input (W_2)" if layer.feedforward else "output (keys, values)"
+            assert scale.shape == layer.ia3_scale.shape, (
+                f"In {name}, your ia3_scale has shape {tuple(scale.shape)}, expected {tuple(layer.ia3_scale.shape)}: "
+                f"one number per {side} feature.")
+            probe = torch.randn(3, layer.base_layer.in_features, generator=torch.Generator().manual_seed(5))
+            with torch.no_grad():
+                assert torch.allclose(yours(probe), layer.base_layer(probe), atol=1e-6), (
+                    f"A fresh layer of yours in {name} does not compute what the frozen layer does: every "
+                    "scale must start at one.")
+                scale.copy_(layer.ia3_scale)
+            replace_module(model, name, yours)
+        yield
+    finally:
+        for name, layer in packaged.items():
+            replace_module(model, name, layer)
+            layer.base_layer.requires_grad_(False)
+
+
+class _WrongIA3(nn.Module):
+    """Known wrong IA3 layers for the grader: each overrides the forward of a right one."""
+
+    def __init__(self, base_layer, feedforward=False):
+        super().__init__()
+        self.base_layer, self.feedforward = base_layer.requires_grad_(False), feedforward
+        self.ia3_scale = nn.Parameter(torch.ones(base_layer.in_features if feedforward else base_layer.out_features))
+
+    def forward(self, x):
+        if self.feedforward:
+            return self.base_layer(x * self.ia3_scale)
+        return self.base_layer(x) * self.ia3_scale
+
+
+class _KeysScaledOnTheirInput(_WrongIA3):
+    def forward(self, x):
+        return self.base_layer(x * self.ia3_scale)  # right for W_2 only: keys and values are rescaled after W
+
+
+class _BiasLeftUnscaled(_WrongIA3):
+    def forward(self, x):
+        if self.feedforward:
+            return self.base_layer(x * self.ia3_scale)
+        return nn.functional.linear(x, self.base_layer.weight) * self.ia3_scale + self.base_layer.bias
+
+
+Q11_MISTAKES = {
+    "rescaling the keys' and values' input instead of their output": _KeysScaledOnTheirInput,
+    "rescaling W x but adding the bias unscaled (IA3 rescales the whole output, bias included)": _BiasLeftUnscaled,
+}
+
+
+def _grade_ia3_layer(layer_class) -> None:
+    assert isinstance(layer_class, type), "Pass your class itself (no parentheses), e.g. q11.check(MyIA3Linear)."
+    assert_not_the_package(layer_class, (ia3, "IA3Linear"))
+    grade_in_the_model(layer_class, moved_ia3_model, ia3_layers_replaced_by, task="sentiment",
+                       block=((ia3.IA3Linear, "__init__"), (ia3.IA3Linear, "forward")),
+                       known_wrong=Q11_MISTAKES, train_steps=3)
+
+
+q11 = Question(
+    title="Q11 your IA3 layer in the real model, trained 3 steps",
+    grader=_grade_ia3_layer,
+    nudge="Keep the frozen layer and freeze it; make ia3_scale an nn.Parameter of ones (one per output feature, or per "
+          "input feature when feedforward=True); multiply it into the output, or into the input for W_2.",
+    recipe="__init__: store base_layer and feedforward, base_layer.requires_grad_(False), ia3_scale = "
+           "nn.Parameter(torch.ones(base_layer.in_features if feedforward else base_layer.out_features)); "
+           "forward: base_layer(x * ia3_scale) if feedforward else base_layer(x) * ia3_scale.",
+)
+
+
+QUESTIONS = {"q1": q1, "q2": q2, "q3": q3, "q4": q4, "q5": q5, "q6": q6, "q7": q7, "q8": q8, "q9": q9, "q10": q10, "q11": q11}
 
 
 register("05_lora.ipynb", globals())  # q.solution() finds the solved code by these names
