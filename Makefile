@@ -98,7 +98,7 @@ execute: venv
 # long and resumable: each finished run is stored at once, and a second `make precompute` goes on from there.
 precompute: venv
 	$(OFFLINE) $(BIN)/python scripts/precompute.py fusion_comparison lora_sweep prefix_lengths prefix_methods prefix_seed0 full_ft_update_spectrum fusion_heatmap design_space_memory
-	$(OFFLINE) $(BIN)/python scripts/precompute.py protocol_sentiment protocol_sst2 head_rate_sst2 transfer_routing length_tradeoff llm_tickets llm_sst2 qlora_sst2 rank_scaling
+	$(OFFLINE) $(BIN)/python scripts/precompute.py protocol_sentiment protocol_sst2 head_rate_sst2 transfer_routing length_tradeoff llm_tickets llm_sst2 qlora_sst2 rank_scaling variants_sst2
 
 # Ours vs the production twins (peft: LoRA, prompt, prefix; AdapterHub: adapter), merged LoRA vs the base
 # model, and every method vs the base model, each timed interleaved; run on an idle machine. Stores the

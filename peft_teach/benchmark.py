@@ -4,6 +4,7 @@
   against peft's on the same weights (``scripts/benchmark_lora.py``, ``scripts/benchmark_twins.py``).
 * :func:`method_speed` / :func:`fusion_speed`: every method of lesson 06 against the
   base model, and fusion against its number of adapters (``scripts/benchmark_methods.py``).
+* :func:`variant_speed`: DoRA, rsLoRA and IA3 against LoRA and the base model (the same script).
 
 The LoRA benchmark in detail:
 
@@ -245,6 +246,31 @@ def method_speed(inference: dict[str, dict[str, torch.Tensor]], train_batch: dic
     steps = compare_train_step(trainable, train_batch, rounds=rounds, repeats=repeats, control="full_ft")
     speed["train step"] = ratios(steps, "full_ft")
     return speed
+
+
+def variant_speed(inference_batch: dict[str, torch.Tensor], train_batch: dict[str, torch.Tensor],
+                  rounds: int = 3, repeats: int = 3) -> dict[str, dict[str, float]]:
+    """LoRA's variants and IA3 (:data:`peft_teach.protocol.VARIANTS`) beside LoRA, as ratios.
+
+    Inference on ``inference_batch``, unmerged and merged, divided by the base model's forward;
+    the training step on ``train_batch`` divided by LoRA's step (what each variant costs on top
+    of LoRA). Each measurement is one interleaved run with a control, as in :func:`method_speed`.
+    """
+    from peft_teach import protocol
+    from peft_teach.methods.ia3 import merge_ia3
+
+    def build(method: str) -> nn.Module:
+        methods = protocol.VARIANTS if method in protocol.VARIANTS else protocol.METHODS
+        return protocol.build_method(method, 2, seed=0, methods=methods)
+
+    trainable = {method: build(method) for method in ("lora", *protocol.VARIANTS)}
+    merged = {"lora_merged": merge_lora(build("lora")), "dora_merged": merge_lora(build("dora")),
+              "ia3_merged": merge_ia3(build("ia3"))}
+    models = {"base": build("head_only"), **trainable, **merged}
+    models = {name: model.eval() for name, model in models.items()}
+    times = compare_latency(models, _inputs(inference_batch), rounds=rounds, repeats=repeats, control="base")
+    steps = compare_train_step(trainable, train_batch, rounds=rounds, repeats=repeats, control="lora")
+    return {"inference": ratios(times, "base"), "train step": ratios(steps, "lora")}
 
 
 def fusion_speed(batch: dict[str, torch.Tensor], max_adapters: int = 4, rounds: int = 3,

@@ -31,7 +31,7 @@ import torch
 from datasets import DatasetDict
 from torch import nn
 
-from peft_teach.methods import adapters, lora, prefix, prefix_plus, prompts
+from peft_teach.methods import adapters, ia3, lora, prefix, prefix_plus, prompts
 from peft_teach.methods.inject import train_only
 from peft_teach.models import build_classifier
 from peft_teach.quantize import quantize_linear_layers
@@ -49,6 +49,7 @@ class MethodSpec:
     add: Callable[[nn.Module, int], object]  # (classifier, seed): make exactly the method's parameters trainable
     lr_grid: tuple[float, ...]
     train_head_apart: bool = True  # the head at HEAD_LR; False: one learning rate for everything
+    lr_scale: Callable[[str, nn.Parameter], float] | None = None  # a multiple of the rate for some parameters (LoRA+)
 
 
 def _full_fine_tuning(model: nn.Module, seed: int) -> None:
@@ -91,10 +92,37 @@ QUANTIZED: dict[str, MethodSpec] = {
 }
 
 
+# Beside METHODS too: the variants of LoRA that peft offers, and IA3, compared with "lora" in lesson 06
+# (job variants_sst2). DoRA keeps LoRA's grid. rsLoRA's grid sits half a decade lower: at r = 8 its scale
+# alpha/sqrt(r) is sqrt(8) ~ 2.8 times LoRA's alpha/r, so the same step moves the weights ~2.8 times further.
+# LoRA+'s grid (the rate of A; every B trains LORAPLUS_RATIO times faster) sits half a decade lower too: its
+# authors advise a rate for A somewhat below plain LoRA's. IA3 trains rescaling vectors that start at one, a few
+# thousand numbers; its grid sits half a decade higher.
+LORAPLUS_RATIO = 16  # lr_B / lr_A = 2^4, a common starting ratio; the best one depends on model and task (not tuned)
+VARIANTS: dict[str, MethodSpec] = {
+    "dora": MethodSpec("DoRA (r=8, q+v)", lambda m, s: lora.add_lora(m, ("query", "value"), r=8, seed=s, dora=True),
+                       (1e-3, 3e-3, 1e-2)),
+    "rslora": MethodSpec("rsLoRA (r=8, q+v)",
+                         lambda m, s: lora.add_lora(m, ("query", "value"), r=8, seed=s, rslora=True),
+                         (3e-4, 1e-3, 3e-3)),
+    "loraplus": MethodSpec(f"LoRA+ (r=8, q+v, B x{LORAPLUS_RATIO})",
+                           lambda m, s: lora.add_lora(m, ("query", "value"), r=8, seed=s), (3e-4, 1e-3, 3e-3),
+                           lr_scale=lora.loraplus_lr_scale(LORAPLUS_RATIO)),
+    "ia3": MethodSpec("IA3 (k, v, ff)", lambda m, s: ia3.add_ia3(m), (3e-3, 1e-2, 3e-2)),
+}
+
+
+def _other_table_hint(names) -> str:
+    """Where methods missing from the table given do live, as a sentence naming the fix ('' if nowhere)."""
+    tables = {"METHODS": METHODS, "QUANTIZED": QUANTIZED, "VARIANTS": VARIANTS}
+    found = sorted({table for name in names for table, methods in tables.items() if name in methods})
+    return f" {', '.join(map(repr, names))} is in protocol.{found[0]}: pass methods=protocol.{found[0]}." if found else ""
+
+
 def build_method(method: str, num_labels: int, seed: int, methods: dict[str, MethodSpec] = METHODS) -> nn.Module:
     """A fresh classifier (head drawn from ``seed``) with ``method`` added."""
     if method not in methods:
-        raise ValueError(f"Unknown method {method!r}; choose one of {list(methods)}.")
+        raise ValueError(f"Unknown method {method!r}; choose one of {list(methods)}.{_other_table_hint([method])}")
     model = build_classifier(num_labels, seed=seed)
     methods[method].add(model, seed)
     return model
@@ -104,15 +132,16 @@ def run(method: str, data: DatasetDict, lr: float, seed: int, tokenizer, budget:
         head_lr: float = HEAD_LR, methods: dict[str, MethodSpec] = METHODS) -> dict:
     """Train ``method`` once under the protocol; the curve on validation and the final test accuracy."""
     model = build_method(method, len(data["train"].features["label"].names), seed, methods)
-    return fit(model, data, lr, seed, tokenizer, budget=budget, head_apart=methods[method].train_head_apart,
-               head_lr=head_lr)
+    spec = methods[method]
+    return fit(model, data, lr, seed, tokenizer, budget=budget, head_apart=spec.train_head_apart, head_lr=head_lr,
+               lr_scale=spec.lr_scale)
 
 
 def fit(model: nn.Module, data: DatasetDict, lr: float, seed: int, tokenizer, budget: dict | None = None,
-        head_apart: bool = True, extra_loss=None, head_lr: float = HEAD_LR) -> dict:
+        head_apart: bool = True, extra_loss=None, head_lr: float = HEAD_LR, lr_scale=None) -> dict:
     """Train what ``model`` marks trainable (the head at ``head_lr`` if ``head_apart``); the numbers stored per run."""
     history = train(model, tokenizer, data, lr=lr, seed=seed, head_lr=head_lr if head_apart else None,
-                    extra_loss=extra_loss, **(budget or BUDGET))
+                    extra_loss=extra_loss, lr_scale=lr_scale, **(budget or BUDGET))
     return {"lr": lr, "seed": seed, "trainable": history.trainable_parameters,
             "validation_curve": history.eval_accuracy, "validation": history.final_accuracy,
             "test": evaluate(model, data["test"], tokenizer)}
@@ -283,8 +312,10 @@ def save_for_task(method: str, model: nn.Module, folder) -> int:
         prefix.save_prefix(model, folder)
     elif method == "prefix_plus":
         prefix_plus.save_prefix_plus(model, folder)
-    elif method == "lora":
+    elif method in ("lora", "dora", "rslora", "loraplus"):
         lora.save_lora(model, folder)
+    elif method == "ia3":
+        ia3.save_ia3(model, folder)
     else:  # head_only keeps the shared backbone; full_ft changed all of it
         tensors = model.head.state_dict() if method == "head_only" else model.state_dict()
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "weights.safetensors"))
@@ -298,8 +329,13 @@ def summarize(stored: dict, methods: dict | None = None) -> dict[str, dict]:
     and an ``lr_grid``, e.g. ``peft_teach.transfer.TARGET_METHODS``.
     """
     runs = stored["runs"]
+    methods = methods or METHODS
+    stored_methods = sorted({key.split("|")[0] for key in runs})
+    if runs and not set(stored_methods) & set(methods):
+        raise ValueError(f"None of the stored methods {stored_methods} is in the table given "
+                         f"({list(methods)}).{_other_table_hint(stored_methods[:1])}")
     summary = {}
-    for method, spec in (methods or METHODS).items():
+    for method, spec in methods.items():
         grid = grid_runs(runs, method)
         if not set(spec.lr_grid) <= set(grid):
             continue  # not precomputed (yet)

@@ -11,7 +11,7 @@ import numbers
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -129,14 +129,23 @@ class History:
         return float(np.median(times)) if times else float("nan")
 
 
-def parameter_groups(model: nn.Module, lr: float, head_lr: float | None = None) -> list[dict]:
-    """Trainable parameters as optimizer groups: one group, or the head apart with ``head_lr``."""
+def parameter_groups(model: nn.Module, lr: float, head_lr: float | None = None,
+                     lr_scale: Callable[[str, nn.Parameter], float] | None = None) -> list[dict]:
+    """Trainable parameters as optimizer groups: one group, or the head apart with ``head_lr``.
+
+    ``lr_scale(name, parameter)`` multiplies ``lr`` for the parameters outside the head, one group
+    per factor: LoRA+ gives every B a larger rate this way (``lora.loraplus_lr_scale``).
+    """
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if head_lr is None:
-        return [{"params": [p for _, p in trainable], "lr": lr}]
-    head = [p for name, p in trainable if name.startswith("head.")]
-    rest = [p for name, p in trainable if not name.startswith("head.")]
-    return [group for group in ({"params": rest, "lr": lr}, {"params": head, "lr": head_lr}) if group["params"]]
+    head_apart = head_lr is not None
+    head = [p for name, p in trainable if head_apart and name.startswith("head.")]
+    by_factor: dict[float, list[nn.Parameter]] = {}
+    for name, parameter in trainable:
+        if not (head_apart and name.startswith("head.")):
+            factor = lr_scale(name, parameter) if lr_scale is not None else 1.0
+            by_factor.setdefault(factor, []).append(parameter)
+    groups = [{"params": params, "lr": lr * factor} for factor, params in by_factor.items()]
+    return groups + ([{"params": head, "lr": head_lr}] if head else [])
 
 
 def linear_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float = 0.1):
@@ -185,10 +194,10 @@ def _update(loss: torch.Tensor, optimizer, schedule, history: History, start: fl
 
 
 def recipe(model: nn.Module, tokenizer, data: DatasetDict, *, epochs: int, lr: float, head_lr: float | None,
-           batch_size: int, weight_decay: float, warmup_ratio: float, seed: int, max_length: int):
+           batch_size: int, weight_decay: float, warmup_ratio: float, seed: int, max_length: int, lr_scale=None):
     """The course's recipe, seeded: AdamW (the head at ``head_lr`` if given), the shuffled batches, warm-up then decay."""
     set_seed(seed)
-    optimizer = torch.optim.AdamW(parameter_groups(model, lr, head_lr), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, lr, head_lr, lr_scale), lr=lr, weight_decay=weight_decay)
     loader = make_loader(data["train"], tokenizer, batch_size, shuffle=True, seed=seed, max_length=max_length)
     return optimizer, loader, linear_schedule(optimizer, epochs * len(loader), warmup_ratio)
 
@@ -209,6 +218,7 @@ def train(
     eval_split: str | None = "validation",
     extra_loss=None,
     device: torch.device | None = None,
+    lr_scale: Callable[[str, nn.Parameter], float] | None = None,
 ) -> History:
     """Train the parameters of ``model`` that require gradients.
 
@@ -216,14 +226,16 @@ def train(
     ``extra_loss(model)`` may return a regulariser added to the loss (fusion's
     pull toward identity uses it). ``head_lr`` gives the classification head
     (parameters named ``head.*``) its own learning rate: prompts and prefixes
-    want a large one, a linear head a small one. Returns a :class:`History`.
+    want a large one, a linear head a small one. ``lr_scale`` gives other parameters a multiple of
+    ``lr`` (see :func:`parameter_groups`). Returns a :class:`History`.
     """
     check_training_setup(model, data, epochs=epochs, lr=lr, batch_size=batch_size, eval_split=eval_split)
     device = device or get_device()
     model.to(device)
     optimizer, loader, schedule = recipe(model, tokenizer, data, epochs=epochs, lr=lr, head_lr=head_lr,
                                          batch_size=batch_size, weight_decay=weight_decay,
-                                         warmup_ratio=warmup_ratio, seed=seed, max_length=max_length)
+                                         warmup_ratio=warmup_ratio, seed=seed, max_length=max_length,
+                                         lr_scale=lr_scale)
     history = History(trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
     bar = _progress(epochs * len(loader))
     for _ in range(epochs):

@@ -22,6 +22,7 @@ CELLS: list[tuple[str, str]] = [
 - count, not estimate, what training needs in memory: weights, gradients, optimizer state and the activations
   autograd keeps for the backward pass; and what one more task costs on disk;
 - time methods against each other fairly (interleaved, as ratios to the base model);
+- read LoRA's variants (DoRA, rsLoRA, LoRA+) and IA3 against LoRA on every axis;
 - place every method in the capacity–memory–speed triangle from these measurements, and pick a method for a constraint;
 - train on several processes at once (data parallel, with `accelerate`) and say what PEFT changes there.
 
@@ -372,6 +373,87 @@ through a registered attention function, peft through its model wrapper, and nei
 An earlier stored run, on a slower and busier VM, put all three peft pairs above the target: one benchmark on a
 shared machine cannot tell a few percent of slowdown from noise (the noise floor above), so rerun `make benchmark`
 on your own idle machine before you trust a small ratio either way."""),
+("md", """### Beyond the nine: LoRA's variants and IA3
+
+Lesson 05 built four more methods that `peft` users meet: **DoRA** (a trainable length per output feature beside
+LoRA's direction), **rsLoRA** (LoRA scaled by α/√r instead of α/r), **LoRA+** (LoRA whose B matrices train 16 = 2^4 times
+faster than A: a common starting ratio in fine-tuning configurations; LoRA+'s authors note that the best ratio
+depends on the model and the task, and we do not tune it) and **IA3** (one learned vector per
+adapted layer, 13,824 numbers on MiniLM). They were trained under the same protocol on the SST-2 phrases (`make
+precompute`, job `variants_sst2`): the same data, budget, head rate, seeds and selection as the SST-2 column of
+section 2, each with its own learning-rate grid. DoRA keeps LoRA's grid. rsLoRA's sits half a decade lower: at
+r = 8 its factor α/√r is √8 ≈ 2.8 times LoRA's α/r, so the same step moves the weights about 2.8 times further.
+LoRA+'s grid (the rate of A) sits half a decade lower too: its authors advise a rate for A somewhat below plain
+LoRA's. IA3's sits half a decade higher: its vectors start at one and are few. As in section 2, a grid grows past
+an edge winner.
+
+They stay out of the triangle and the decision guide below, which compare the nine methods of sections 1–4; here
+each is read against LoRA on every axis: accuracy with an interval for the difference, parameters, memory counted
+on the batch of section 3, and speed (stored, measured by `make benchmark` with a control)."""),
+("code", """variant_runs = precomputed.load("variants_sst2")
+variants = protocol.summarize(variant_runs, protocol.VARIANTS)
+assert variant_runs["recipe"]["test_examples"] == TEST_EXAMPLES["sst2"]  # the same 1,000 test phrases as section 2
+beside_lora = {"lora": results["sst2"]["lora"], **variants}
+width = max(len(row["label"]) for row in beside_lora.values())
+print(protocol.format_grid(variants))
+print(protocol.format_convergence(variants, window=3))
+print(f"seed 0 at the budget vs seed 0 with {protocol.PROBE_EPOCHS} epochs:")
+print(protocol.format_probes(variants))
+print()
+print(f"{'method':<{width}} {'trainable':>10} {'lr':>7}   SST-2 test       minus LoRA, 95 % interval")
+for method, row in beside_lora.items():
+    line = f"{row['label']:<{width}} {row['trainable']:>10,} {row['lr']:>7g}   {row['mean']:.3f} ± {row['std']:.3f}"
+    if method != "lora":
+        difference, lower, upper, verdict = protocol.compare(beside_lora, method, "lora", TEST_EXAMPLES["sst2"])
+        line += f"    {difference:+.3f} [{lower:+.3f}, {upper:+.3f}]  {verdict}"
+    print(line)"""),
+("code", """variant_memory, variant_disk = {"lora": memory["lora"]}, {"lora": storage["lora"]}
+for method in protocol.VARIANTS:
+    model = protocol.build_method(method, num_labels=2, seed=0, methods=protocol.VARIANTS)
+    variant_memory[method] = training_memory(model, batch)
+    with tempfile.TemporaryDirectory() as folder:
+        variant_disk[method] = protocol.save_for_task(method, model, folder)
+    del model
+print(f"{'method':<{width}} {'gradients':>10} {'AdamW':>9} {'activations':>12} {'total':>9} {'disk/task':>10}")
+for method, parts in variant_memory.items():
+    mb = {k: v / 2**20 for k, v in parts.items()}
+    print(f"{beside_lora[method]['label']:<{width}} {mb['gradients']:>10.2f} {mb['optimizer_state']:>9.2f} "
+          f"{mb['activations']:>12.1f} {sum(mb.values()):>9.1f} {variant_disk[method] / 2**20:>10.3f}")
+print("(MiB; the batch of 16 reviews of section 3; total includes the weights)")
+
+stored_variant_speed = precomputed.load("variant_speed")
+variant_speed = stored_variant_speed["results"]
+print(f"\\nstored speed ({stored_variant_speed['rounds']} interleaved rounds, "
+      f"{stored_variant_speed['machine']['threads']} threads): inference at batch 32 / base model, train step / LoRA")
+for method in ("lora", *protocol.VARIANTS):
+    merged = variant_speed["inference"].get(f"{method}_merged")  # rsLoRA and LoRA+ merge into LoRA's shape
+    print(f"{beside_lora[method]['label']:<{width}} inference {variant_speed['inference'][method]:.2f}"
+          f"   merged {f'{merged:.2f}' if merged else ' -- '}   train step {variant_speed['train step'][method]:.2f}")
+for row in ("inference", "train step"):
+    print(f"{row}: {control_note(variant_speed[row])}")"""),
+("md", """**Reading.** Accuracy first: none of the four is separable from LoRA here. Every interval for the difference
+covers 0, and each is about ±0.04 wide: three seeds and 1,000 test phrases cannot tell apart methods closer than
+that. The closest call is LoRA+, 0.014 below LoRA, with an interval of [-0.049, +0.022]. Its grid shows why the
+ratio needs care: at 3e-3 for A, every B trains at 16 × 3e-3 and the run fails (0.554 on validation). DoRA and LoRA+
+were still climbing at the end of the budget; their longer probes (above the table) are not swapped into it, as
+in section 2, and neither gains from 4x the epochs: DoRA ends at 0.828 on validation (0.832 at the budget), LoRA+
+falls to 0.772 (0.822). The budget did not hold them back.
+
+IA3 trains a fifth of LoRA's parameters (14,594 with the head, against 74,498), so its gradients and AdamW state
+are a fifth of LoRA's too, and its file per task is the smallest. Yet it keeps **more** activations than LoRA
+(95.8 MiB against 72.1): the gradient of each vector needs the activation it multiplies, and IA3 multiplies the
+1,536-wide input of every feed-forward block's second matrix, for every token, while LoRA's extra tensors are the
+r = 8 wide products A x. Section 3's lesson again: parameters decide gradients, optimizer state and disk, not
+activation memory. DoRA keeps more than LoRA as well (88.6 MiB): the gradient of its lengths needs each adapted
+layer's output before the rescaling.
+
+Speed, stored: merged, DoRA and IA3 cost what merged LoRA costs (0.99 to 1.01 of the base model): each folds into
+its frozen weight. Unmerged, read the two rows that compute exactly what LoRA computes: rsLoRA (only the constant
+factor differs) and LoRA+ (only the optimizer differs) land at 1.02 and 1.07, beside LoRA's 1.03. So in this run,
+models with identical arithmetic land up to 0.05 apart, more than the control shows; no unmerged difference in this
+column is resolved. The training step is steadier: DoRA's costs 1.03 of LoRA's, IA3's 0.98, the control 0.99. On
+this small model DoRA's extra work (the norms of W0 + s·BA, once per step) is a few percent; lesson 05 times it
+live."""),
 ("md", """## 5. The triangle: capacity, memory, speed
 
 PEFT overviews often draw the methods in a triangle whose corners are the three things you can want:
@@ -888,6 +970,10 @@ answer tokens in the *whole* batch (itself all-reduced). The course runs only th
   plain average of its adapters, but joint multi-task training, which keeps training on the sources, beats fusion;
   the generated sources show no negative transfer; sequential full fine-tuning forgets, by an amount that varies
   widely between seeds.
+
+- LoRA's variants and IA3 on SST-2 (section 4): DoRA, rsLoRA, LoRA+ and IA3 are each not separable from LoRA
+  here. IA3 trains a fifth of LoRA's parameters yet keeps more activations; merged, all of them cost what the base
+  model costs.
 
 - Data parallel training (section 10) replicates the whole model in every process and averages the gradients
   of the trainable values only: PEFT shrinks what the processes exchange, not what each one holds. Two

@@ -15,6 +15,7 @@
     python scripts/precompute.py llm_tickets       # lesson 07: prompting and PEFT methods on the packaged LLM
     python scripts/precompute.py llm_sst2          # lesson 07: the same on SST-2 phrases (real data)
     python scripts/precompute.py qlora_sst2        # lesson 05: LoRA on a 4-bit (NF4) base under the protocol, SST-2
+    python scripts/precompute.py variants_sst2     # lesson 06: DoRA, rsLoRA and IA3 under the protocol, SST-2
 
 Each writes ``peft_teach/precomputed/<name>.json`` with the results, the recipe and
 how long it took. The protocol and transfer jobs are long (9 methods x (3 learning
@@ -166,6 +167,7 @@ def fusion_heatmap(tokenizer) -> tuple[dict, dict]:
 # The real sentences ship with the package (peft_teach/sst2, see its README); PEFT_TEACH_SST2 points elsewhere.
 SST2_FOLDER = Path(os.environ.get("PEFT_TEACH_SST2", SST2_SAMPLE))
 TRAIN_EXAMPLES = 1200  # the synthetic task's training size: the same budget on both
+SST2_TASK = f"SST-2 sample (real movie-review sentences), first {TRAIN_EXAMPLES:,} training sentences"
 
 
 def machine_info() -> dict:
@@ -294,21 +296,33 @@ def run_protocol(name: str, data, tokenizer, description: str) -> None:
         method, data, lr, protocol.SEEDS[0], tokenizer, budget={**protocol.BUDGET, "epochs": epochs}))
 
 
-def qlora_sst2(tokenizer) -> None:
-    """Lesson 05: LoRA on a 4-bit (NF4) base under lesson 06's protocol on SST-2; the float32 base's LoRA is in
-    protocol_sst2 (same data, budget, grid, seeds and selection); resumable."""
+def sst2_methods_beside_protocol(name: str, methods: dict, tokenizer, **described) -> None:
+    """``methods`` under lesson 06's protocol on SST-2, stored apart from protocol_sst2 but comparable with it
+    (same data, budget, head rate, seeds and selection); resumable."""
     data = sst2_protocol_data()
-    recipe = {"task": f"SST-2 sample (real movie-review sentences), first {TRAIN_EXAMPLES:,} training sentences",
+    recipe = {"task": SST2_TASK,
               **protocol.BUDGET, "head_lr": protocol.HEAD_LR, "seeds": list(protocol.SEEDS),
-              "lr_grid": {m: list(spec.lr_grid) for m, spec in protocol.QUANTIZED.items()},
-              "base": "every nn.Linear of the encoder in NF4, blocks of 64 (peft_teach.quantize); embeddings, "
-                      "LayerNorms and the head in float32",
+              "lr_grid": {m: list(spec.lr_grid) for m, spec in methods.items()}, **described,
               "train_examples": len(data["train"]), "validation_examples": len(data["validation"]),
-              "test_examples": len(data["test"]), "selection": SELECTION,
+              "test_examples": len(data["test"]), "selection": SELECTION + PROBE_RULE,
               "metric": "accuracy; validation after every epoch, test at the end"}
-    store = ResumableStore("qlora_sst2", recipe)
-    grid_then_seeds(store, protocol.QUANTIZED, lambda method, lr, seed: protocol.run(
-        method, data, lr, seed, tokenizer, methods=protocol.QUANTIZED))
+    store = ResumableStore(name, recipe)
+    chosen = grid_then_seeds(store, methods, lambda method, lr, seed: protocol.run(
+        method, data, lr, seed, tokenizer, methods=methods))
+    probe_the_still_climbing(store, chosen, lambda method, lr, epochs: protocol.run(
+        method, data, lr, protocol.SEEDS[0], tokenizer, budget={**protocol.BUDGET, "epochs": epochs}, methods=methods))
+
+
+def qlora_sst2(tokenizer) -> None:
+    """Lesson 05: LoRA on a 4-bit (NF4) base; the float32 base's LoRA is in protocol_sst2."""
+    sst2_methods_beside_protocol("qlora_sst2", protocol.QUANTIZED, tokenizer,
+                                 base="every nn.Linear of the encoder in NF4, blocks of 64 (peft_teach.quantize); "
+                                      "embeddings, LayerNorms and the head in float32")
+
+
+def variants_sst2(tokenizer) -> None:
+    """Lesson 06: DoRA, rsLoRA and IA3 beside protocol_sst2's LoRA."""
+    sst2_methods_beside_protocol("variants_sst2", protocol.VARIANTS, tokenizer)
 
 
 def rank_scaling(tokenizer) -> None:
@@ -365,8 +379,7 @@ def sst2_protocol_data():
 
 
 def protocol_sst2(tokenizer) -> None:
-    run_protocol("protocol_sst2", sst2_protocol_data(), tokenizer,
-                 f"SST-2 sample (real movie-review sentences), first {TRAIN_EXAMPLES:,} training sentences")
+    run_protocol("protocol_sst2", sst2_protocol_data(), tokenizer, SST2_TASK)
 
 
 def head_rate_sst2(tokenizer) -> None:
@@ -469,7 +482,7 @@ JOBS = {"fusion_comparison": fusion_comparison, "lora_sweep": lora_sweep, "prefi
 RESUMABLE = {"protocol_sentiment": protocol_sentiment, "protocol_sst2": protocol_sst2,
              "transfer_routing": transfer_routing, "length_tradeoff": length_tradeoff, "llm_tickets": llm_tickets,
              "llm_sst2": llm_sst2, "head_rate_sst2": head_rate_sst2, "qlora_sst2": qlora_sst2,
-             "rank_scaling": rank_scaling}
+             "rank_scaling": rank_scaling, "variants_sst2": variants_sst2}
 
 
 def main() -> None:

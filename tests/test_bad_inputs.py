@@ -351,6 +351,11 @@ CASES = {
         "time the reference twice"),
     "timing: a train step with nothing to train": (
         lambda tmp_path: measure.train_step_time(frozen(), {"input_ids": tokens(4)}), ValueError, "add a method"),
+    "protocol: a variant asked of the main table": (
+        lambda tmp_path: protocol.build_method("dora", 2, seed=0), ValueError, "pass methods=protocol.VARIANTS"),
+    "protocol: stored variants summarized with the main table": (
+        lambda tmp_path: protocol.summarize({"runs": {"ia3|lr=0.01|seed=0": {}}}), ValueError,
+        "pass methods=protocol.VARIANTS"),
     "protocol: an interval from one seed": (
         lambda tmp_path: protocol.difference_interval([0.8], [0.7, 0.7], 100), ValueError, "at least 2 seeds"),
     "llm speed: an unknown timed model": (

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from peft_teach import protocol
-from peft_teach.benchmark import design_space_batches, fusion_speed, method_speed
+from peft_teach.benchmark import design_space_batches, fusion_speed, method_speed, variant_speed
 from peft_teach.measure import CONTROL
 
 
@@ -41,6 +41,16 @@ def test_fusion_speed_grows_a_fusion_per_adapter_count(batches):
     ratios = fusion_speed(small, max_adapters=2, rounds=1, repeats=1)
     assert list(ratios) == ["base", "1 adapter", "fusion N=1", "fusion N=2", CONTROL]
     assert ratios["base"] == 1.0 and all(ratio > 0 for ratio in ratios.values())
+
+
+def test_variant_speed_times_each_variant_against_lora_and_the_base(batches):
+    _, small = batches
+    speed = variant_speed(small, small, rounds=1, repeats=1)
+    assert set(speed["inference"]) == {"base", "lora", *protocol.VARIANTS, "lora_merged", "dora_merged",
+                                       "ia3_merged", CONTROL}
+    assert set(speed["train step"]) == {"lora", *protocol.VARIANTS, CONTROL}  # merged models are not trained
+    assert speed["inference"]["base"] == 1.0 and speed["train step"]["lora"] == 1.0  # the references
+    assert all(ratio > 0 for ratios in speed.values() for ratio in ratios.values())
 
 
 def test_stored_design_space_memory_is_what_counting_gives_now():

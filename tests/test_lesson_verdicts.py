@@ -109,3 +109,14 @@ def test_lesson_05_rank_scaling_sentences_match_the_intervals():
     text = prose("05")
     assert "At r = 2 and r = 8 the two scales are not separable here" in text
     assert "At r = 32 and r = 128 α/√r is lower, and the interval excludes 0" in text
+
+
+def test_lesson_06_variant_sentences_match_the_intervals(encoder):
+    sst2, n = encoder["sst2"]
+    beside_lora = {"lora": sst2["lora"], **protocol.summarize(precomputed.load("variants_sst2"), protocol.VARIANTS)}
+    assert set(beside_lora) == {"lora", *protocol.VARIANTS}
+    for method in protocol.VARIANTS:
+        assert protocol.compare(beside_lora, method, "lora", n)[3] == "not separable here", method
+    text = prose("06")
+    assert "none of the four is separable from LoRA here" in text
+    assert "DoRA, rsLoRA, LoRA+ and IA3 are each not separable from LoRA here" in text

@@ -253,18 +253,63 @@ def test_head_rate_check_reads_seed_0_at_the_chosen_rate_and_keeps_the_head_rate
     assert protocol.head_rate_choice(rows) == protocol.HEAD_RATE_CHECK
 
 
-def test_stored_qlora_runs_follow_the_current_recipe():
-    """Lesson 05 compares qlora_sst2 with protocol_sst2's LoRA: both must follow the same protocol."""
+@pytest.mark.parametrize("method", list(protocol.VARIANTS))
+def test_each_variant_trains_exactly_its_formula_count_and_the_head(method):
+    """Tiny BERT: hidden 32, 2 layers, intermediate 64, a 3-label head (32 * 3 + 3 = 99 parameters)."""
+    model = tiny_bert_classifier()
+    protocol.VARIANTS[method].add(model, 0)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lora_count = 2 * 2 * 8 * (32 + 32)  # 2 layers x (query, value) x r (d_in + d_out)
+    expected = {"dora": lora_count + 2 * 2 * 32,  # + one magnitude per output row
+                "rslora": lora_count,  # the same matrices, another scale
+                "loraplus": lora_count,  # the same matrices, another rate for B
+                "ia3": 2 * (32 + 32 + 64)}[method]  # keys and values (d_out), the second feed-forward matrix's input
+    assert trainable == expected + 99
+
+
+def test_variants_save_their_own_tensors_for_a_task(tmp_path):
+    sizes = {}
+    for method in ("lora", "dora", "ia3"):
+        model = tiny_bert_classifier()
+        {**protocol.METHODS, **protocol.VARIANTS}[method].add(model, 0)
+        sizes[method] = protocol.save_for_task(method, model, tmp_path / method)
+    assert sizes["ia3"] < sizes["lora"] < sizes["dora"]
+
+
+@pytest.mark.parametrize("name, table", [("qlora_sst2", "QUANTIZED"), ("variants_sst2", "VARIANTS")])
+def test_stored_runs_beside_the_protocol_follow_its_recipe(name, table):
+    """Lessons 05 and 06 compare these jobs with protocol_sst2's LoRA: all must follow the same protocol."""
     from peft_teach import precomputed
 
-    try:
-        stored, fp32 = precomputed.load("qlora_sst2"), precomputed.load("protocol_sst2")
-    except FileNotFoundError:
-        pytest.skip("qlora_sst2 not precomputed yet: python scripts/precompute.py qlora_sst2")
+    methods = getattr(protocol, table)
+    stored, fp32 = precomputed.load(name), precomputed.load("protocol_sst2")
     recipe = stored["recipe"]
     shared = ("task", "epochs", "batch_size", "head_lr", "seeds", "train_examples", "validation_examples",
               "test_examples")
     assert {k: recipe[k] for k in shared} == {k: fp32["recipe"][k] for k in shared}
-    assert recipe["lr_grid"] == {m: list(spec.lr_grid) for m, spec in protocol.QUANTIZED.items()}
-    assert recipe["lr_grid"]["lora_nf4"] == fp32["recipe"]["lr_grid"]["lora"]
-    assert set(protocol.summarize(stored, protocol.QUANTIZED)) == {"lora_nf4"}  # grid and 3 seeds complete
+    assert recipe["lr_grid"] == {m: list(spec.lr_grid) for m, spec in methods.items()}
+    for method in {"lora_nf4", "dora"} & set(methods):  # LoRA's own grid, as the float32 LoRA they are read against
+        assert recipe["lr_grid"][method] == fp32["recipe"]["lr_grid"]["lora"]
+    summary = protocol.summarize(stored, methods)
+    assert set(summary) == set(methods)  # every grid and all 3 seeds stored
+    for method, row in summary.items():  # and the longer probe of every method still climbing
+        assert (row["probe"] is not None) == protocol.still_climbing(row["curves"]), method
+
+
+def test_loraplus_under_the_protocol_trains_b_faster_and_the_head_at_its_own_rate():
+    from peft_teach.methods import lora
+    from peft_teach.train import parameter_groups
+
+    spec = protocol.VARIANTS["loraplus"]
+    model = tiny_bert_classifier()
+    spec.add(model, 0)
+    groups = parameter_groups(model, 1e-3, head_lr=protocol.HEAD_LR, lr_scale=spec.lr_scale)
+    by_rate = {group["lr"]: {id(p) for p in group["params"]} for group in groups}
+    named = dict(model.named_parameters())
+    assert by_rate[1e-3] == {id(p) for name, p in named.items() if name.endswith("lora_A")}
+    assert by_rate[1e-3 * protocol.LORAPLUS_RATIO] == {id(p) for name, p in named.items() if name.endswith("lora_B")}
+    assert by_rate[protocol.HEAD_LR] == {id(named["head.weight"]), id(named["head.bias"])}
+    # the same split as lora.loraplus_parameter_groups (checked against peft) once the head is set aside
+    slow, fast = lora.loraplus_parameter_groups(model, 1e-3, protocol.LORAPLUS_RATIO)
+    assert {id(p) for p in slow["params"]} - by_rate[1e-3] == {id(named["head.weight"])}
+    assert {id(p) for p in fast["params"]} - by_rate[1e-3 * protocol.LORAPLUS_RATIO] == {id(named["head.bias"])}

@@ -247,21 +247,35 @@ def lora_parameters(model: nn.Module) -> int:
     return sum(tensor.numel() for layer in lora_layers(model).values() for tensor in layer.trainable())
 
 
+def takes_loraplus_rate(name: str, parameter: nn.Parameter) -> bool:
+    """LoRA+'s rule: every B, and every 1-d tensor (biases, DoRA's magnitude), as peft's ``create_loraplus_optimizer``."""
+    return name.endswith("lora_B") or parameter.ndim == 1
+
+
+def _check_loraplus_ratio(ratio: float) -> None:
+    if not ratio >= 1:
+        raise ValueError(f"LoRA+ gives B the larger rate: ratio = lr_B / lr_A must be >= 1, got {ratio!r}.")
+
+
+def loraplus_lr_scale(ratio: float):
+    """LoRA+ as a factor of the learning rate per parameter, for ``train(..., lr_scale=loraplus_lr_scale(16))``."""
+    _check_loraplus_ratio(ratio)
+    return lambda name, parameter: ratio if takes_loraplus_rate(name, parameter) else 1.0
+
+
 def loraplus_parameter_groups(model: nn.Module, lr: float, ratio: float) -> list[dict]:
     """LoRA+'s optimizer groups: every B (and every 1-d tensor) at ``ratio x lr``, all else that trains at ``lr``.
 
     Hand them to any optimizer: ``torch.optim.AdamW(loraplus_parameter_groups(model, 1e-4, 16))``.
-    The 1-d tensors (biases, DoRA's magnitude) join B's group as in peft's
-    ``create_loraplus_optimizer``, so the two give the same groups.
+    The groups are the same as peft's ``create_loraplus_optimizer`` gives.
     """
     if not lora_layers(model):
         raise ValueError("This model has no LoRA layers: call add_lora(model, ...) first.")
-    if not ratio >= 1:
-        raise ValueError(f"LoRA+ gives B the larger rate: ratio = lr_B / lr_A must be >= 1, got {ratio!r}.")
+    _check_loraplus_ratio(ratio)
     slow, fast = [], []
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (fast if name.endswith("lora_B") or parameter.ndim == 1 else slow).append(parameter)
+            (fast if takes_loraplus_rate(name, parameter) else slow).append(parameter)
     return [{"params": slow, "lr": lr}, {"params": fast, "lr": lr * ratio}]
 
 

@@ -291,12 +291,20 @@ Q7_MISTAKES = {
 }
 
 
+def _grade_layer_class(layer_class, module, class_name: str, build_model, install, known_wrong: dict,
+                       example: str) -> None:
+    """The learner's layer class in every place the package's ``module.class_name`` holds, trained 3 steps."""
+    assert isinstance(layer_class, type), f"Pass your class itself (no parentheses), e.g. {example}."
+    assert_not_the_package(layer_class, (module, class_name))
+    package_class = getattr(module, class_name)
+    grade_in_the_model(layer_class, build_model, install, task="sentiment",
+                       block=((package_class, "__init__"), (package_class, "forward")),
+                       known_wrong=known_wrong, train_steps=3)
+
+
 def _grade_lora_layer(layer_class) -> None:
-    assert isinstance(layer_class, type), "Pass your class itself (no parentheses), e.g. q7.check(MyLoRALinear)."
-    assert_not_the_package(layer_class, (lora, "LoRALinear"))
-    grade_in_the_model(layer_class, feed_forward_lora_model, lora_layers_replaced_by, task="sentiment",
-                       block=((lora.LoRALinear, "__init__"), (lora.LoRALinear, "forward")),
-                       known_wrong=Q7_MISTAKES, train_steps=3)
+    _grade_layer_class(layer_class, lora, "LoRALinear", feed_forward_lora_model, lora_layers_replaced_by, Q7_MISTAKES,
+                       "q7.check(MyLoRALinear)")
 
 
 q7 = Question(
@@ -492,11 +500,8 @@ Q11_MISTAKES = {
 
 
 def _grade_ia3_layer(layer_class) -> None:
-    assert isinstance(layer_class, type), "Pass your class itself (no parentheses), e.g. q11.check(MyIA3Linear)."
-    assert_not_the_package(layer_class, (ia3, "IA3Linear"))
-    grade_in_the_model(layer_class, moved_ia3_model, ia3_layers_replaced_by, task="sentiment",
-                       block=((ia3.IA3Linear, "__init__"), (ia3.IA3Linear, "forward")),
-                       known_wrong=Q11_MISTAKES, train_steps=3)
+    _grade_layer_class(layer_class, ia3, "IA3Linear", moved_ia3_model, ia3_layers_replaced_by, Q11_MISTAKES,
+                       "q11.check(MyIA3Linear)")
 
 
 q11 = Question(
