@@ -176,7 +176,7 @@ step on a CPU. The result must equal the plain loss over all positions:"""),
     full_loss = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
                                             ignore_index=-100)
     fast_loss = llm.answer_loss(model, batch)
-compare("loss: answer positions only", fast_loss, full_loss, atol=1e-5)
+compare("loss: answer positions only", fast_loss, full_loss, atol=1e-5, report_exact=False)  # two orders of sums
 print(f"loss of the untrained model on these answers: {full_loss.item():.2f}")"""),
 ("md", """## 5. Write LoRA into the LLM yourself
 

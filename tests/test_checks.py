@@ -55,6 +55,13 @@ def test_compare_and_expect_close(capsys):
         checks.expect_close("acc", 0.8, 0.9, 0.02)
 
 
+def test_compare_can_leave_exactness_unsaid_where_it_depends_on_the_cpu(capsys):
+    assert checks.compare("same", torch.ones(2), torch.ones(2), report_exact=False)
+    assert capsys.readouterr().out.split()[1:] == ["close", "max", "abs", "diff", "<=", "1e-05"]
+    assert not checks.compare("far", torch.ones(2), torch.zeros(2), report_exact=False)
+    assert "DIFFERENT" in capsys.readouterr().out
+
+
 def test_a_crashing_answer_is_incorrect_with_what_it_raised(capsys):
     def crashes(x):
         return x @ torch.ones(5)  # wrong shapes: torch raises RuntimeError
