@@ -388,8 +388,16 @@ def format_probes(summary: dict[str, dict]) -> str:
     return "\n".join(lines) or "no method was still climbing"
 
 
-def format_convergence(summary: dict[str, dict], window: int = 4) -> str:
-    """One line per method: the still-climbing test, and the slower trend (mean gain over the last ``window`` epochs)."""
+def format_convergence(summary: dict[str, dict], window: int | None = None) -> str:
+    """One line per method: the still-climbing test, and the slower trend (mean gain over the last ``window`` epochs).
+
+    ``window`` defaults to 4 epochs, or to every epoch after the first when the curves are shorter.
+    """
+    shortest = min(len(curve) for row in summary.values() for curve in row["curves"])
+    window = min(4, shortest - 1) if window is None else window
+    if not 1 <= window < shortest:
+        raise ValueError(f"window must be 1 to {shortest - 1} epochs: the shortest curve has {shortest} points, "
+                         f"and a gain needs the epoch before the window. Got {window!r}.")
     width = _label_width(summary)
     lines = []
     for row in summary.values():

@@ -9,9 +9,12 @@ are :mod:`peft_teach.protocol`'s rules applied to the target task:
 * **Learning rate** from each method's grid on validation with seed 0; **test** mean ±
   sample std over seeds 0-2 at that rate. Heads train at ``protocol.HEAD_LR``.
 * **Sources:** the four source tasks (sentiment, aspect, topic, negation). Stage 1 of
-  fusion is lesson 01's adapters (``experiments.source_adapter_model``: 38-113 steps of
+  ``fusion`` is lesson 01's adapters (``experiments.source_adapter_model``: 38-113 steps of
   batch 32 each), while the joint and multi-task prompt runs see every source for 320
-  steps: the source budget favours joint training and the shared prompt, not fusion.
+  steps: that source budget favours joint training and the shared prompt, not fusion.
+  ``fusion_matched`` removes the difference: its four source adapters are trained as long
+  as joint training sees each source (``matched_source_recipe``), so fusion against joint
+  training compares the two ways of combining tasks, not two source budgets.
 
 The methods (identifiers are keys of :data:`TARGET_METHODS`):
 
@@ -19,6 +22,7 @@ The methods (identifiers are keys of :data:`TARGET_METHODS`):
   (l = 20): the target alone, as in :mod:`peft_teach.protocol`.
 * ``fusion``: a fusion layer over the four source adapters (+ head), with fusion's
   pull of the value matrix toward identity (``fusion.value_regularization``).
+* ``fusion_matched``: the same, over source adapters trained at joint training's budget.
 * ``fusion_average``: the averaging baseline; the same four adapters, each weighted 1/N
   in every layer (no attention to learn), only a new head trains (its grid is the head's).
 * ``joint``: one adapter shared by the four sources *and* the target, one head per
@@ -50,7 +54,7 @@ from torch import nn
 
 from peft_teach import protocol
 from peft_teach.data import SOURCE_TASKS, TARGET_TASK, label_names, load_task
-from peft_teach.experiments import source_adapter_model
+from peft_teach.experiments import artifacts_folder, source_adapter_model, train_or_load_adapter
 from peft_teach.methods import adapters, fusion, prompts
 from peft_teach.models import build_classifier
 from peft_teach.train import evaluate, steps_per_epoch, train, train_multitask, using_head
@@ -60,6 +64,9 @@ STEPS = TARGET_BUDGET["epochs"] * steps_per_epoch(256, TARGET_BUDGET["batch_size
 PROMPT_LENGTH = 20
 MT_PROMPT_STAGE1_LR = 0.1  # the middle of protocol.METHODS["soft_prompt"].lr_grid
 LEFT_OUT = ("aspect", "topic")  # fusion without the adapter routing needs, and without one it does not
+# fusion_matched's source adapters train at joint training's chosen rate (tests/test_transfer.py checks it
+# against the stored runs), so that the two differ only in how they combine the sources.
+MATCHED_SOURCE_LR = 3e-3
 
 
 @dataclass(frozen=True)
@@ -92,13 +99,43 @@ def _library(tokenizer) -> nn.Module:
     return source_adapter_model(tokenizer)
 
 
-def run_fusion(tokenizer, tasks, lr, seed, names=SOURCE_TASKS) -> dict:
-    """Stage 2 of AdapterFusion on the target: a fresh fusion over ``names`` and a new head."""
-    model = copy.deepcopy(_library(tokenizer))
+def source_epochs(data: DatasetDict) -> int:
+    """Whole epochs of a source task that cover joint training's 320 steps (1,200 examples: 5 epochs, 375 steps)."""
+    return math.ceil(STEPS / steps_per_epoch(len(data["train"]), TARGET_BUDGET["batch_size"]))
+
+
+def matched_source_recipe(data: DatasetDict, lr: float = MATCHED_SOURCE_LR, seed: int = 0) -> dict:
+    """How one source adapter trains when it must see its task as long as joint training does (``train``'s kwargs)."""
+    return dict(lr=lr, seed=seed, head_lr=protocol.HEAD_LR, eval_split=None, epochs=source_epochs(data),
+                batch_size=TARGET_BUDGET["batch_size"])
+
+
+@lru_cache(maxsize=1)
+def _matched_library(tokenizer) -> nn.Module:
+    """The four source adapters at joint training's budget (seed 0), trained once, then loaded from artifacts/."""
+    model = build_classifier(num_labels=2, seed=0).eval()
+    for task in SOURCE_TASKS:
+        data = load_task(task)
+        train_or_load_adapter(model, tokenizer, data, task, artifacts_folder().parent / "matched_sources" / task,
+                              adapters.AdapterConfig("pfeiffer"), **matched_source_recipe(data))
+    return model
+
+
+def run_fusion(tokenizer, tasks, lr, seed, names=SOURCE_TASKS, library=_library) -> dict:
+    """Stage 2 of AdapterFusion on the target: a fresh fusion over ``names`` and a new head.
+
+    ``library`` gives the frozen model holding the source adapters (lesson 01's by default).
+    """
+    model = copy.deepcopy(library(tokenizer))
     fusion.add_fusion(model, list(names), num_labels=len(label_names(tasks[TARGET_TASK])), seed=seed)
     name = fusion.fusion_name(list(names))
     return protocol.fit(model, tasks[TARGET_TASK], lr, seed, tokenizer, budget=TARGET_BUDGET,
                         extra_loss=fusion.value_regularization(name))
+
+
+def run_fusion_matched(tokenizer, tasks, lr, seed) -> dict:
+    """AdapterFusion over source adapters that saw their tasks as long as joint training does."""
+    return run_fusion(tokenizer, tasks, lr, seed, library=_matched_library)
 
 
 def run_fusion_average(tokenizer, tasks, lr, seed) -> dict:
@@ -167,10 +204,7 @@ def run_source_alone(tokenizer, tasks, task: str, lr: float, seed: int) -> float
     data = tasks[task]
     model = build_classifier(len(label_names(data)), seed=seed)
     adapters.add_adapter(model, task, adapters.AdapterConfig("pfeiffer"), seed=seed)
-    per_epoch = steps_per_epoch(len(data["train"]), TARGET_BUDGET["batch_size"])
-    epochs = math.ceil(STEPS / per_epoch)  # whole epochs: 320 steps of 75 per epoch -> 5 epochs (375 steps)
-    train(model, tokenizer, data, lr=lr, seed=seed, head_lr=protocol.HEAD_LR, eval_split=None,
-          epochs=epochs, batch_size=TARGET_BUDGET["batch_size"])
+    train(model, tokenizer, data, **matched_source_recipe(data, lr, seed))
     return evaluate(model, data["test"], tokenizer)
 
 
@@ -199,6 +233,8 @@ TARGET_METHODS: dict[str, TargetMethod] = {
     "adapter": TargetMethod("single adapter (target only)", protocol.METHODS["pfeiffer"].lr_grid,
                             _alone("pfeiffer")),
     "fusion": TargetMethod("AdapterFusion (4 source adapters)", (1e-3, 3e-3, 1e-2), run_fusion),
+    "fusion_matched": TargetMethod("AdapterFusion (4 sources at joint's budget)", (1e-3, 3e-3, 1e-2),
+                                   run_fusion_matched),
     "fusion_average": TargetMethod("average of the 4 adapters (no attention)", protocol.METHODS["head_only"].lr_grid,
                                    run_fusion_average),
     "joint": TargetMethod("joint multi-task adapter", protocol.METHODS["pfeiffer"].lr_grid, run_joint),

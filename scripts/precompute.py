@@ -183,9 +183,10 @@ def settings(recipe: dict) -> dict:
     return {key: value for key, value in recipe.items() if key not in DESCRIPTIVE}
 
 
-# Recipe entries that decide only some runs: a method's learning-rate grid decides that method's runs
-# (keys "method|..."), and an entry named like a run ("live") decides that run alone.
-PER_RUN = ("lr_grid", "live")
+# Recipe entries that decide only some runs: a method's learning-rate grid and its own settings
+# ("method_settings") decide that method's runs (keys "method|..."), and an entry named like a run ("live")
+# decides that run alone.
+PER_RUN = ("lr_grid", "method_settings", "live")
 
 
 def shared_settings(recipe: dict) -> dict:
@@ -197,7 +198,8 @@ def own_setting(recipe: dict, key: str):
     """The part of ``recipe`` that decides run ``key`` alone (None if there is none)."""
     if key in PER_RUN:
         return recipe.get(key)
-    return recipe.get("lr_grid", {}).get(key.split("|")[0])
+    method = key.split("|")[0]
+    return recipe.get("lr_grid", {}).get(method), recipe.get("method_settings", {}).get(method)
 
 
 def still_valid(runs: dict, old: dict, new: dict) -> dict:
@@ -348,6 +350,8 @@ def transfer_routing(tokenizer) -> None:
               "lr_grid": {m: list(spec.lr_grid) for m, spec in transfer.TARGET_METHODS.items()},
               "source_adapters": experiments.SOURCE_RECIPES, "prompt_length": transfer.PROMPT_LENGTH,
               "mt_prompt_stage1_lr": transfer.MT_PROMPT_STAGE1_LR, "left_out": list(transfer.LEFT_OUT),
+              "method_settings": {"fusion_matched": {"source_adapters": {
+                  task: transfer.matched_source_recipe(tasks[task]) for task in SOURCE_TASKS}}},
               "selection": SELECTION, "metric": "accuracy on the full test splits"}
     store = ResumableStore("transfer_routing", recipe)
     methods = transfer.TARGET_METHODS

@@ -120,3 +120,25 @@ def test_lesson_06_variant_sentences_match_the_intervals(encoder):
     text = prose("06")
     assert "none of the four is separable from LoRA here" in text
     assert "DoRA, rsLoRA, LoRA+ and IA3 are each not separable from LoRA here" in text
+
+
+def test_lesson_06_transfer_sentences_match_the_intervals():
+    from peft_teach import transfer
+    from peft_teach.data import TARGET_TASK, load_task
+
+    summary = transfer.summarize(precomputed.load("transfer_routing"))
+    methods, n = summary["methods"], len(load_task(TARGET_TASK)["test"])
+    verdicts = {pair: protocol.compare(methods, *pair, n)[3] for pair in
+                (("joint", "fusion"), ("joint", "fusion_matched"), ("fusion_matched", "fusion"),
+                 ("fusion", "full_ft"), ("mt_prompt", "soft_prompt"))}
+    assert verdicts == {("joint", "fusion"): "separable", ("joint", "fusion_matched"): "not separable here",
+                        ("fusion_matched", "fusion"): "not separable here", ("fusion", "full_ft"): "separable",
+                        ("mt_prompt", "soft_prompt"): "separable"}
+    text = prose("06")
+    assert "joint training is ahead of fusion, +0.018 [+0.005, +0.035], separable" in text
+    assert "+0.005 [-0.005, +0.015], not separable here" in text
+    assert "So the honest verdict is a tie at matched budgets" in text
+    for task in transfer.LEFT_OUT:  # composition: neither removal is separable from fusion over all four
+        lower, upper = protocol.difference_interval(methods["fusion"]["test"], summary["fusion_without"][task], n)[1:]
+        assert protocol.verdict(lower, upper) == "not separable here", task
+    assert "but neither difference is separable here" in text

@@ -192,6 +192,13 @@ def test_convergence_report_flags_the_last_epoch_and_shows_the_slower_trend():
     assert "still climbing: no" in flat and "+0.000" in flat
 
 
+def test_convergence_window_follows_short_curves_and_refuses_one_they_cannot_give():
+    summary = {"a": {"label": "four epochs", "curves": [[0.5, 0.6, 0.7, 0.8]] * 3}}
+    assert "gain over the last 3 epochs +0.300" in protocol.format_convergence(summary)  # the protocol's 4 epochs
+    with pytest.raises(ValueError, match="window must be 1 to 3 epochs"):
+        protocol.format_convergence(summary, window=4)
+
+
 def test_a_verdict_ranks_only_when_the_interval_excludes_zero():
     assert protocol.verdict(0.01, 0.2) == protocol.verdict(-0.3, -0.02) == "separable"
     assert protocol.verdict(-0.01, 0.2) == protocol.verdict(0.0, 0.2) == "not separable here"

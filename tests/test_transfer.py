@@ -145,3 +145,22 @@ def test_summary_pairs_each_source_under_joint_training_with_the_same_source_alo
     assert summary["negative_transfer"]["aspect"] == {"joint": [0.9, 0.8, 0.8], "alone": [0.95] * 3}
     assert "fusion_without" not in summary or summary["fusion_without"] == {}  # not stored: left out
     assert "forgetting" not in summary
+
+
+def test_fusion_matched_fuses_sources_that_saw_their_tasks_as_long_as_joint_training(monkeypatch):
+    recipe = transfer.matched_source_recipe(data.load_task("sentiment"))
+    steps = recipe["epochs"] * (1200 // recipe["batch_size"])
+    assert recipe["batch_size"] == transfer.TARGET_BUDGET["batch_size"]
+    assert transfer.STEPS <= steps < transfer.STEPS + 1200 // recipe["batch_size"]  # 320 steps, in whole epochs
+    seen = {}
+    monkeypatch.setattr(transfer, "run_fusion", lambda *args, **kwargs: seen.update(kwargs) or {"test": 0.0})
+    transfer.run_fusion_matched(None, {}, 1e-3, seed=0)
+    assert seen["library"] is transfer._matched_library
+
+
+def test_fusion_matched_sources_train_at_the_rate_joint_training_chose():
+    file = path("transfer_routing")
+    if not file.exists():
+        pytest.skip("transfer_routing.json not precomputed yet (python scripts/precompute.py transfer_routing)")
+    summary = transfer.summarize(json.loads(file.read_text()))
+    assert summary["methods"]["joint"]["lr"] == transfer.MATCHED_SOURCE_LR
