@@ -27,9 +27,11 @@ The methods (identifiers are keys of :data:`TARGET_METHODS`):
   in every layer (no attention to learn), only a new head trains (its grid is the head's).
 * ``joint``: one adapter shared by the four sources *and* the target, one head per
   task; every step a batch of every task (Pfeiffer et al. 2021's MT-A baseline).
-* ``mt_prompt``: one soft prompt trained on the four sources together (stage 1, once,
-  seed 0, not tuned: the middle of the soft prompt's grid), then tuned on the target
-  with a new head (SPoT-style transfer, Vu et al., ACL 2022).
+* ``mt_prompt``: one soft prompt trained on the four sources together (stage 1, under the
+  protocol too: its rate chosen from the soft prompt's grid on the sources' mean validation
+  accuracy, seed 0; seeds 0-2 at that rate), then tuned on the target with a new head,
+  each seed starting from the stage-1 prompt of the same seed (SPoT-style transfer, Vu et
+  al., ACL 2022). Stage 1's runs are stored as ``mt_prompt_stage1``.
 
 And the measurements the table needs, each at the chosen learning rate, seeds 0-2:
 
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -62,7 +65,8 @@ from peft_teach.train import evaluate, steps_per_epoch, train, train_multitask, 
 TARGET_BUDGET = dict(epochs=20, batch_size=16)  # 320 steps on the 256 routing examples
 STEPS = TARGET_BUDGET["epochs"] * steps_per_epoch(256, TARGET_BUDGET["batch_size"])
 PROMPT_LENGTH = 20
-MT_PROMPT_STAGE1_LR = 0.1  # the middle of protocol.METHODS["soft_prompt"].lr_grid
+STAGE1 = "mt_prompt_stage1"  # the stored runs of multi-task prompt tuning's first stage
+STAGE1_GRID = protocol.METHODS["soft_prompt"].lr_grid  # a prompt on the sources: the soft prompt's grid
 LEFT_OUT = ("aspect", "topic")  # fusion without the adapter routing needs, and without one it does not
 # fusion_matched's source adapters train at joint training's chosen rate (tests/test_transfer.py checks it
 # against the stored runs), so that the two differ only in how they combine the sources.
@@ -156,47 +160,58 @@ def _multitask(model: nn.Module, tokenizer, tasks: dict[str, DatasetDict], lr: f
     return heads, history
 
 
-def _test_each(model: nn.Module, tokenizer, tasks: dict[str, DatasetDict], heads: dict[str, nn.Module]) -> dict:
-    accuracies = {}
-    for task, head in heads.items():
-        with using_head(model, head):
-            accuracies[task] = evaluate(model, tasks[task]["test"], tokenizer)
-    return accuracies
-
-
 def run_joint(tokenizer, tasks, lr, seed) -> dict:
     """One adapter shared by every source and the target; the target's numbers and each source's test accuracy."""
     model = build_classifier(len(label_names(tasks[TARGET_TASK])), seed=seed)
     adapters.add_adapter(model, "joint", adapters.AdapterConfig("pfeiffer"), seed=seed)
     heads, history = _multitask(model, tokenizer, tasks, lr, seed, eval_task=TARGET_TASK)
-    tests = _test_each(model, tokenizer, tasks, heads)
+    tests = _accuracy_each(model, tokenizer, tasks, heads, "test")
     return {"lr": lr, "seed": seed, "trainable": history.trainable_parameters,
             "validation_curve": history.eval_accuracy, "validation": history.final_accuracy,
             "test": tests.pop(TARGET_TASK), "sources": tests}
 
 
-@lru_cache(maxsize=1)
-def shared_prompt(tokenizer) -> tuple[torch.Tensor, dict]:
-    """Stage 1 of multi-task prompt tuning: one prompt trained on all four sources (seed 0).
+def _accuracy_each(model: nn.Module, tokenizer, tasks: dict[str, DatasetDict], heads: dict[str, nn.Module],
+                   split: str) -> dict[str, float]:
+    accuracies = {}
+    for task, head in heads.items():
+        with using_head(model, head):
+            accuracies[task] = evaluate(model, tasks[task][split], tokenizer)
+    return accuracies
 
-    Returns the prompt and each source's test accuracy with it (and its own head).
+
+@lru_cache(maxsize=4)
+def shared_prompt(tokenizer, lr: float, seed: int) -> tuple[torch.Tensor, dict]:
+    """Stage 1 of multi-task prompt tuning: one prompt trained on all four sources at ``lr`` with ``seed``.
+
+    Returns the prompt and stage 1's numbers: each source's validation and test accuracy (with its
+    own head), and ``validation``, their mean, on which stage 1's rate is chosen.
     """
     sources = {task: load_task(task) for task in SOURCE_TASKS}
-    model = build_classifier(2, seed=0)
-    prompts.add_soft_prompt(model, length=PROMPT_LENGTH, init="vocab", seed=0)
-    heads, _ = _multitask(model, tokenizer, sources, MT_PROMPT_STAGE1_LR, seed=0, eval_task=None)
-    return model.soft_prompt.weight.detach().clone(), _test_each(model, tokenizer, sources, heads)
+    model = build_classifier(2, seed=seed)
+    prompts.add_soft_prompt(model, length=PROMPT_LENGTH, init="vocab", seed=seed)
+    heads, _ = _multitask(model, tokenizer, sources, lr, seed=seed, eval_task=None)
+    validation = _accuracy_each(model, tokenizer, sources, heads, "validation")
+    return model.soft_prompt.weight.detach().clone(), {
+        "lr": lr, "seed": seed, "validation": statistics.mean(validation.values()), "sources_validation": validation,
+        "sources_test": _accuracy_each(model, tokenizer, sources, heads, "test")}
 
 
-def run_mt_prompt(tokenizer, tasks, lr, seed) -> dict:
-    """Stage 2 of multi-task prompt tuning: start from the shared prompt, tune it and a new head on the target."""
-    prompt, source_tests = shared_prompt(tokenizer)
+def run_stage1(tokenizer, tasks, lr, seed) -> dict:
+    """Stage 1 alone, for the precompute: the numbers of :func:`shared_prompt`."""
+    return shared_prompt(tokenizer, lr, seed)[1]
+
+
+def run_mt_prompt(tokenizer, tasks, lr, seed, stage1_lr: float) -> dict:
+    """Stage 2 of multi-task prompt tuning: start from the shared prompt of the same seed (trained at
+    ``stage1_lr``), tune it and a new head on the target."""
+    prompt, stage1 = shared_prompt(tokenizer, stage1_lr, seed)
     model = build_classifier(len(label_names(tasks[TARGET_TASK])), seed=seed)
     prompts.add_soft_prompt(model, length=PROMPT_LENGTH, seed=seed)
     with torch.no_grad():
         model.soft_prompt.weight.copy_(prompt)
     return {**protocol.fit(model, tasks[TARGET_TASK], lr, seed, tokenizer, budget=TARGET_BUDGET),
-            "stage1_sources": source_tests}
+            "stage1_lr": stage1_lr, "stage1_sources": stage1["sources_test"]}
 
 
 def run_source_alone(tokenizer, tasks, task: str, lr: float, seed: int) -> float:
@@ -244,6 +259,12 @@ TARGET_METHODS: dict[str, TargetMethod] = {
 }
 
 
+# Stage 1 of multi-task prompt tuning, chosen like a method (the precompute runs it before mt_prompt, which needs
+# its chosen rate): the runs return "lr" and "validation" as the protocol's do, so protocol.choose_lr reads them.
+STAGE1_METHODS: dict[str, TargetMethod] = {
+    STAGE1: TargetMethod("multi-task prompt, stage 1 (4 sources)", STAGE1_GRID, run_stage1)}
+
+
 def _at_seeds(runs: dict, key: str, lr: float) -> list[dict] | None:
     found = [runs.get(f"{key}|lr={lr:g}|seed={seed}") for seed in protocol.SEEDS]
     return None if any(run is None for run in found) else found
@@ -253,7 +274,8 @@ def summarize(stored: dict) -> dict:
     """The target methods (as ``protocol.summarize``) and the three transfer measurements, where stored.
 
     ``negative_transfer``: per source task, its test accuracies under joint training and
-    alone; ``fusion_without``: fusion's test accuracies with one source adapter left
+    alone; ``stage1``: multi-task prompt tuning's first stage (its grid on the sources' mean
+    validation accuracy, the chosen rate, each source's test accuracy per seed); ``fusion_without``: fusion's test accuracies with one source adapter left
     out; ``forgetting``: sequential full fine-tuning's sentiment accuracy before/after.
     """
     runs = stored["runs"]
@@ -269,6 +291,13 @@ def summarize(stored: dict) -> dict:
         summary["fusion_without"] = {
             task: [run["test"] for run in found] for task in LEFT_OUT
             if (found := _at_seeds(runs, f"fusion_without={task}", methods["fusion"]["lr"])) is not None}
+    stage1 = protocol.grid_runs(runs, STAGE1)
+    if set(STAGE1_GRID) <= set(stage1):
+        lr = protocol.choose_lr(list(stage1.values()))
+        found = _at_seeds(runs, STAGE1, lr)
+        summary["stage1"] = {"lr": lr, "grid": {rate: run["validation"] for rate, run in sorted(stage1.items())},
+                             "sources_test": None if found is None else
+                             {task: [run["sources_test"][task] for run in found] for task in SOURCE_TASKS}}
     if "full_ft" in methods:
         found = _at_seeds(runs, "sequential_full_ft", methods["full_ft"]["lr"])
         if found is not None:

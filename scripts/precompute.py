@@ -349,13 +349,25 @@ def transfer_routing(tokenizer) -> None:
               "steps": transfer.STEPS, "head_lr": protocol.HEAD_LR, "seeds": list(protocol.SEEDS),
               "lr_grid": {m: list(spec.lr_grid) for m, spec in transfer.TARGET_METHODS.items()},
               "source_adapters": experiments.SOURCE_RECIPES, "prompt_length": transfer.PROMPT_LENGTH,
-              "mt_prompt_stage1_lr": transfer.MT_PROMPT_STAGE1_LR, "left_out": list(transfer.LEFT_OUT),
+              "left_out": list(transfer.LEFT_OUT),
               "method_settings": {"fusion_matched": {"source_adapters": {
-                  task: transfer.matched_source_recipe(tasks[task]) for task in SOURCE_TASKS}}},
+                  task: transfer.matched_source_recipe(tasks[task]) for task in SOURCE_TASKS}},
+                  "mt_prompt": {"stage1": f"{transfer.STAGE1}'s runs: the prompt of the same seed, at the rate "
+                                          "stage 1 chose on the sources' mean validation accuracy"}},
               "selection": SELECTION, "metric": "accuracy on the full test splits"}
+    recipe["lr_grid"][transfer.STAGE1] = list(transfer.STAGE1_GRID)
     store = ResumableStore("transfer_routing", recipe)
+    # Stage 1 of multi-task prompt tuning first: mt_prompt starts from the prompt it chose.
+    stage1_lr = grid_then_seeds(store, transfer.STAGE1_METHODS, lambda method, lr, seed: transfer.run_stage1(
+        tokenizer, tasks, lr, seed))[transfer.STAGE1]
     methods = transfer.TARGET_METHODS
-    chosen = grid_then_seeds(store, methods, lambda method, lr, seed: methods[method].run(tokenizer, tasks, lr, seed))
+
+    def run_target(method: str, lr: float, seed: int) -> dict:
+        if method == "mt_prompt":
+            return transfer.run_mt_prompt(tokenizer, tasks, lr, seed, stage1_lr=stage1_lr)
+        return methods[method].run(tokenizer, tasks, lr, seed)
+
+    chosen = grid_then_seeds(store, methods, run_target)
     for seed in protocol.SEEDS:
         for task in transfer.LEFT_OUT:
             names = [t for t in SOURCE_TASKS if t != task]

@@ -66,7 +66,8 @@ def test_joint_run_reports_the_target_and_every_source(tokenizer, tiny_tasks):
 
 def test_multitask_prompt_tuning_starts_from_the_shared_prompt(tokenizer, tiny_tasks, monkeypatch):
     shared = torch.randn(transfer.PROMPT_LENGTH, 384)
-    monkeypatch.setattr(transfer, "shared_prompt", lambda tok: (shared, {"sentiment": 0.5}))
+    monkeypatch.setattr(transfer, "shared_prompt",
+                        lambda tok, lr, seed: (shared, {"lr": lr, "seed": seed, "sources_test": {"sentiment": 0.5}}))
     seen = {}
 
     def fake_fit(model, *args, **kwargs):
@@ -74,9 +75,35 @@ def test_multitask_prompt_tuning_starts_from_the_shared_prompt(tokenizer, tiny_t
         return {"test": 0.0}
 
     monkeypatch.setattr(protocol, "fit", fake_fit)
-    result = transfer.run_mt_prompt(tokenizer, tiny_tasks, 0.1, seed=1)
+    result = transfer.run_mt_prompt(tokenizer, tiny_tasks, 0.1, seed=1, stage1_lr=0.03)
     assert torch.equal(seen["prompt"], shared)
-    assert result["stage1_sources"] == {"sentiment": 0.5}
+    assert result["stage1_sources"] == {"sentiment": 0.5} and result["stage1_lr"] == 0.03
+
+
+def test_stage1_trains_one_prompt_on_every_source_and_reports_each(tokenizer, monkeypatch):
+    monkeypatch.setattr(transfer, "STEPS", 2)
+    monkeypatch.setattr(transfer, "TARGET_BUDGET", dict(epochs=1, batch_size=8))
+    monkeypatch.setattr(transfer, "load_task", lambda task: tiny(task))
+    transfer.shared_prompt.cache_clear()
+    try:
+        prompt, stage1 = transfer.shared_prompt(tokenizer, 0.1, 0)
+    finally:
+        transfer.shared_prompt.cache_clear()  # a tiny prompt must not serve a later caller
+    assert prompt.shape == (transfer.PROMPT_LENGTH, 384)
+    assert set(stage1["sources_validation"]) == set(stage1["sources_test"]) == set(data.SOURCE_TASKS)
+    assert stage1["validation"] == pytest.approx(sum(stage1["sources_validation"].values()) / 4)
+
+
+def test_summary_reads_stage1_like_a_method():
+    store = fake_transfer_store()
+    for lr in transfer.STAGE1_GRID:
+        for seed in protocol.SEEDS if lr == transfer.STAGE1_GRID[0] else protocol.SEEDS[:1]:
+            store["runs"][f"{transfer.STAGE1}|lr={lr:g}|seed={seed}"] = {
+                "lr": lr, "seed": seed, "validation": 0.9 if lr == transfer.STAGE1_GRID[0] else 0.7,
+                "sources_test": {task: 0.8 + 0.01 * seed for task in data.SOURCE_TASKS}}
+    stage1 = transfer.summarize(store)["stage1"]
+    assert stage1["lr"] == transfer.STAGE1_GRID[0]
+    assert stage1["sources_test"]["aspect"] == pytest.approx([0.8, 0.81, 0.82])
 
 
 def test_sequential_full_fine_tuning_measures_the_source_before_and_after(tokenizer, tiny_tasks, monkeypatch):
@@ -112,11 +139,12 @@ def test_stored_transfer_runs_follow_the_current_recipe():
         pytest.skip("transfer_routing.json not precomputed yet (python scripts/precompute.py transfer_routing)")
     stored = json.loads(file.read_text())
     assert stored["recipe"]["epochs"] == transfer.TARGET_BUDGET["epochs"]
-    assert stored["recipe"]["lr_grid"] == {m: list(s.lr_grid) for m, s in transfer.TARGET_METHODS.items()}
+    chosen_like_methods = {**transfer.TARGET_METHODS, **transfer.STAGE1_METHODS}
+    assert stored["recipe"]["lr_grid"] == {m: list(s.lr_grid) for m, s in chosen_like_methods.items()}
     for key, run in stored["runs"].items():
         method = key.split("|")[0]
-        if method in transfer.TARGET_METHODS:
-            assert run["lr"] in reachable_rates(transfer.TARGET_METHODS[method].lr_grid), (key, run["lr"])
+        if method in chosen_like_methods:
+            assert run["lr"] in reachable_rates(chosen_like_methods[method].lr_grid), (key, run["lr"])
         assert all(0.0 <= v <= 1.0 for v in (run.get("test"), run.get("target")) if v is not None)
 
 
