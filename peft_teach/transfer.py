@@ -48,8 +48,8 @@ import copy
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, replace
+from functools import lru_cache, partial
 
 import torch
 from datasets import DatasetDict
@@ -180,7 +180,7 @@ def _accuracy_each(model: nn.Module, tokenizer, tasks: dict[str, DatasetDict], h
     return accuracies
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=None)  # one entry per (rate, seed) a job trains: a 20 x 384 prompt and a few numbers, no model
 def shared_prompt(tokenizer, lr: float, seed: int) -> tuple[torch.Tensor, dict]:
     """Stage 1 of multi-task prompt tuning: one prompt trained on all four sources at ``lr`` with ``seed``.
 
@@ -198,11 +198,11 @@ def shared_prompt(tokenizer, lr: float, seed: int) -> tuple[torch.Tensor, dict]:
 
 
 def run_stage1(tokenizer, tasks, lr, seed) -> dict:
-    """Stage 1 alone, for the precompute: the numbers of :func:`shared_prompt`."""
+    """Stage 1 alone, for the precompute: the numbers of :func:`shared_prompt` (which loads the sources itself)."""
     return shared_prompt(tokenizer, lr, seed)[1]
 
 
-def run_mt_prompt(tokenizer, tasks, lr, seed, stage1_lr: float) -> dict:
+def run_mt_prompt(tokenizer, tasks, lr, seed, *, stage1_lr: float) -> dict:
     """Stage 2 of multi-task prompt tuning: start from the shared prompt of the same seed (trained at
     ``stage1_lr``), tune it and a new head on the target."""
     prompt, stage1 = shared_prompt(tokenizer, stage1_lr, seed)
@@ -259,10 +259,19 @@ TARGET_METHODS: dict[str, TargetMethod] = {
 }
 
 
-# Stage 1 of multi-task prompt tuning, chosen like a method (the precompute runs it before mt_prompt, which needs
-# its chosen rate): the runs return "lr" and "validation" as the protocol's do, so protocol.choose_lr reads them.
+# Stage 1 of multi-task prompt tuning, chosen like a method: its runs return "lr" and "validation" as the
+# protocol's do, so protocol.choose_lr reads them.
 STAGE1_METHODS: dict[str, TargetMethod] = {
     STAGE1: TargetMethod("multi-task prompt, stage 1 (4 sources)", STAGE1_GRID, run_stage1)}
+
+
+def runnable_methods(stage1_lr: float) -> dict[str, TargetMethod]:
+    """TARGET_METHODS, each ``run(tokenizer, tasks, lr, seed)`` ready to call.
+
+    Only ``mt_prompt`` needs more: the rate stage 1 chose, which exists once stage 1 has run.
+    """
+    return {**TARGET_METHODS, "mt_prompt": replace(TARGET_METHODS["mt_prompt"],
+                                                   run=partial(run_mt_prompt, stage1_lr=stage1_lr))}
 
 
 def _at_seeds(runs: dict, key: str, lr: float) -> list[dict] | None:
@@ -274,9 +283,10 @@ def summarize(stored: dict) -> dict:
     """The target methods (as ``protocol.summarize``) and the three transfer measurements, where stored.
 
     ``negative_transfer``: per source task, its test accuracies under joint training and
-    alone; ``stage1``: multi-task prompt tuning's first stage (its grid on the sources' mean
-    validation accuracy, the chosen rate, each source's test accuracy per seed); ``fusion_without``: fusion's test accuracies with one source adapter left
-    out; ``forgetting``: sequential full fine-tuning's sentiment accuracy before/after.
+    alone; ``fusion_without``: fusion's test accuracies with one source adapter left out;
+    ``stage1``: multi-task prompt tuning's first stage (its grid on the sources' mean
+    validation accuracy, the chosen rate, each source's test accuracy per seed);
+    ``forgetting``: sequential full fine-tuning's sentiment accuracy before/after.
     """
     runs = stored["runs"]
     methods = protocol.summarize(stored, TARGET_METHODS)

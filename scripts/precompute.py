@@ -357,17 +357,13 @@ def transfer_routing(tokenizer) -> None:
               "selection": SELECTION, "metric": "accuracy on the full test splits"}
     recipe["lr_grid"][transfer.STAGE1] = list(transfer.STAGE1_GRID)
     store = ResumableStore("transfer_routing", recipe)
+    def runner(table):
+        return lambda method, lr, seed: table[method].run(tokenizer, tasks, lr, seed)
+
     # Stage 1 of multi-task prompt tuning first: mt_prompt starts from the prompt it chose.
-    stage1_lr = grid_then_seeds(store, transfer.STAGE1_METHODS, lambda method, lr, seed: transfer.run_stage1(
-        tokenizer, tasks, lr, seed))[transfer.STAGE1]
-    methods = transfer.TARGET_METHODS
-
-    def run_target(method: str, lr: float, seed: int) -> dict:
-        if method == "mt_prompt":
-            return transfer.run_mt_prompt(tokenizer, tasks, lr, seed, stage1_lr=stage1_lr)
-        return methods[method].run(tokenizer, tasks, lr, seed)
-
-    chosen = grid_then_seeds(store, methods, run_target)
+    stage1_lr = grid_then_seeds(store, transfer.STAGE1_METHODS, runner(transfer.STAGE1_METHODS))[transfer.STAGE1]
+    methods = transfer.runnable_methods(stage1_lr)
+    chosen = grid_then_seeds(store, methods, runner(methods))
     for seed in protocol.SEEDS:
         for task in transfer.LEFT_OUT:
             names = [t for t in SOURCE_TASKS if t != task]

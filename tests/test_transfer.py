@@ -80,6 +80,17 @@ def test_multitask_prompt_tuning_starts_from_the_shared_prompt(tokenizer, tiny_t
     assert result["stage1_sources"] == {"sentiment": 0.5} and result["stage1_lr"] == 0.03
 
 
+def test_every_runnable_method_takes_the_same_arguments_and_mt_prompt_gets_stage1s_rate(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(transfer, "run_mt_prompt", lambda *args, **kwargs: seen.update(kwargs) or {"test": 0.0})
+    methods = transfer.runnable_methods(0.3)
+    assert set(methods) == set(transfer.TARGET_METHODS)
+    methods["mt_prompt"].run(None, {}, 0.1, 2)
+    assert seen == {"stage1_lr": 0.3}
+    with pytest.raises(TypeError):  # the bare table's mt_prompt cannot run without stage 1's rate
+        transfer.TARGET_METHODS["mt_prompt"].run(None, {}, 0.1, 2)
+
+
 def test_stage1_trains_one_prompt_on_every_source_and_reports_each(tokenizer, monkeypatch):
     monkeypatch.setattr(transfer, "STEPS", 2)
     monkeypatch.setattr(transfer, "TARGET_BUDGET", dict(epochs=1, batch_size=8))
