@@ -216,37 +216,48 @@ def feed_forward_lora_model() -> torch.nn.Module:
 
 
 @contextmanager
-def lora_layers_replaced_by(model: torch.nn.Module, layer_class):
-    """Every LoRA layer of ``model`` becomes ``layer_class(base_layer, r, alpha)`` with the package's A and B.
+def _layers_replaced(model: torch.nn.Module, packaged: dict[str, nn.Module], build, load, starts_as: str):
+    """Every layer in ``packaged`` becomes ``build(name, layer)``, given the package's trained numbers by
+    ``load(yours, layer)``; the package's layers are put back afterwards.
 
     The frozen layer is handed over trainable, as a fresh ``nn.Linear`` is: freezing it is the
-    learner's job. A fresh layer must compute exactly what the frozen one does.
+    learner's job. A fresh layer must compute exactly what the frozen one does (``starts_as`` says why).
     """
-    packaged = lora.lora_layers(model)
     try:
         for name, layer in packaged.items():
             layer.base_layer.requires_grad_(True)
-            yours = layer_class(layer.base_layer, Q7_R, Q7_ALPHA)
-            for part, shape in (("lora_A", layer.lora_A.shape), ("lora_B", layer.lora_B.shape)):
-                tensor = getattr(yours, part, None)
-                assert isinstance(tensor, nn.Parameter), (
-                    f"Your layer needs a parameter named {part} (an nn.Parameter), as the lesson's has.")
-                assert tensor.shape == shape, (
-                    f"In {name}, your {part} has shape {tuple(tensor.shape)}, expected {tuple(shape)} "
-                    "(A is r x d_in, B is d_out x r).")
+            yours = build(name, layer)
             probe = torch.randn(3, layer.base_layer.in_features, generator=torch.Generator().manual_seed(5))
             with torch.no_grad():
                 assert torch.allclose(yours(probe), layer.base_layer(probe), atol=1e-6), (
-                    f"A fresh layer of yours in {name} does not compute what the frozen layer does: at the "
-                    "start, B A must be zero.")
-                yours.lora_A.copy_(layer.lora_A)
-                yours.lora_B.copy_(layer.lora_B)
+                    f"A fresh layer of yours in {name} does not compute what the frozen layer does: {starts_as}")
+                load(yours, layer)
             replace_module(model, name, yours)
         yield
     finally:
         for name, layer in packaged.items():
             replace_module(model, name, layer)
             layer.base_layer.requires_grad_(False)
+
+
+def lora_layers_replaced_by(model: torch.nn.Module, layer_class):
+    """Every LoRA layer of ``model`` becomes ``layer_class(base_layer, r, alpha)`` with the package's A and B."""
+    def build(name, layer):
+        yours = layer_class(layer.base_layer, Q7_R, Q7_ALPHA)
+        for part, shape in (("lora_A", layer.lora_A.shape), ("lora_B", layer.lora_B.shape)):
+            tensor = getattr(yours, part, None)
+            assert isinstance(tensor, nn.Parameter), (
+                f"Your layer needs a parameter named {part} (an nn.Parameter), as the lesson's has.")
+            assert tensor.shape == shape, (
+                f"In {name}, your {part} has shape {tuple(tensor.shape)}, expected {tuple(shape)} "
+                "(A is r x d_in, B is d_out x r).")
+        return yours
+
+    def load(yours, layer):
+        yours.lora_A.copy_(layer.lora_A)
+        yours.lora_B.copy_(layer.lora_B)
+
+    return _layers_replaced(model, lora.lora_layers(model), build, load, "at the start, B A must be zero.")
 
 
 class _Wrong(nn.Module):
@@ -435,36 +446,23 @@ def moved_ia3_model() -> torch.nn.Module:
     return model.eval()
 
 
-@contextmanager
 def ia3_layers_replaced_by(model: torch.nn.Module, layer_class):
-    """Every IA3 layer of ``model`` becomes ``layer_class(base_layer, feedforward=...)`` with the package's vector.
+    """Every IA3 layer of ``model`` becomes ``layer_class(base_layer, feedforward=...)`` with the package's vector."""
+    def build(name, layer):
+        yours = layer_class(layer.base_layer, feedforward=layer.feedforward)
+        scale = getattr(yours, "ia3_scale", None)
+        assert isinstance(scale, nn.Parameter), (
+            "Your layer needs a parameter named ia3_scale (an nn.Parameter), as the lesson's has.")
+        side = "input (W_2)" if layer.feedforward else "output (keys, values)"
+        assert scale.shape == layer.ia3_scale.shape, (
+            f"In {name}, your ia3_scale has shape {tuple(scale.shape)}, expected {tuple(layer.ia3_scale.shape)}: "
+            f"one number per {side} feature.")
+        return yours
 
-    As in Q7, the frozen layer is handed over trainable: freezing it is the learner's job.
-    """
-    packaged = ia3.ia3_layers(model)
-    try:
-        for name, layer in packaged.items():
-            layer.base_layer.requires_grad_(True)
-            yours = layer_class(layer.base_layer, feedforward=layer.feedforward)
-            scale = getattr(yours, "ia3_scale", None)
-            assert isinstance(scale, nn.Parameter), (
-                "Your layer needs a parameter named ia3_scale (an nn.Parameter), as the lesson's has.")
-            side = "input (W_2)" if layer.feedforward else "output (keys, values)"
-            assert scale.shape == layer.ia3_scale.shape, (
-                f"In {name}, your ia3_scale has shape {tuple(scale.shape)}, expected {tuple(layer.ia3_scale.shape)}: "
-                f"one number per {side} feature.")
-            probe = torch.randn(3, layer.base_layer.in_features, generator=torch.Generator().manual_seed(5))
-            with torch.no_grad():
-                assert torch.allclose(yours(probe), layer.base_layer(probe), atol=1e-6), (
-                    f"A fresh layer of yours in {name} does not compute what the frozen layer does: every "
-                    "scale must start at one.")
-                scale.copy_(layer.ia3_scale)
-            replace_module(model, name, yours)
-        yield
-    finally:
-        for name, layer in packaged.items():
-            replace_module(model, name, layer)
-            layer.base_layer.requires_grad_(False)
+    def load(yours, layer):
+        yours.ia3_scale.copy_(layer.ia3_scale)
+
+    return _layers_replaced(model, ia3.ia3_layers(model), build, load, "every scale must start at one.")
 
 
 class _WrongIA3(nn.Module):
