@@ -75,17 +75,32 @@ def other_length(inputs: str) -> str:
     return "long" if inputs == "short" else "short"
 
 
-def run(key: str, tasks: dict[str, DatasetDict], lr: float, seed: int, tokenizer, epochs: int | None = None) -> dict:
-    """Train ``LENGTH_RUNS[key]`` once; its protocol numbers plus the test accuracy on the other length.
-
-    ``epochs`` replaces the budget's epochs: the longer probe of a run still climbing.
-    """
+def run(key: str, tasks: dict[str, DatasetDict], lr: float, seed: int, tokenizer) -> dict:
+    """Train ``LENGTH_RUNS[key]`` once; its protocol numbers plus the test accuracy on the other length."""
+    model = _built(key, seed)
     spec = LENGTH_RUNS[key]
+    result = protocol.fit(model, tasks[spec.train_on], lr, seed, tokenizer, budget=BUDGETS[spec.train_on])
+    return _tested_on_the_other_length(result, model, key, tasks, tokenizer)
+
+
+def probe(key: str, tasks: dict[str, DatasetDict], lr: float, tokenizer) -> dict:
+    """Seed 0's run of ``LENGTH_RUNS[key]``, then ``protocol.PROBE_EXTRA_EPOCHS`` more epochs from where it ended."""
+    train_on = LENGTH_RUNS[key].train_on
+    return protocol.fit_then_continue(
+        _built(key, protocol.SEEDS[0]), tasks[train_on], lr, tokenizer, budget=BUDGETS[train_on],
+        measure=lambda model, numbers: _tested_on_the_other_length(numbers, model, key, tasks, tokenizer))
+
+
+def _built(key: str, seed: int) -> nn.Module:
     model = build_classifier(2, seed=seed)
-    spec.add(model, seed)
-    budget = {**BUDGETS[spec.train_on], **({"epochs": epochs} if epochs else {})}
-    result = protocol.fit(model, tasks[spec.train_on], lr, seed, tokenizer, budget=budget)
-    return {**result, "other_test": evaluate(model, tasks[other_length(spec.train_on)]["test"], tokenizer)}
+    LENGTH_RUNS[key].add(model, seed)
+    return model
+
+
+def _tested_on_the_other_length(result: dict, model: nn.Module, key: str, tasks: dict[str, DatasetDict],
+                                tokenizer) -> dict:
+    other = tasks[other_length(LENGTH_RUNS[key].train_on)]["test"]
+    return {**result, "other_test": evaluate(model, other, tokenizer)}
 
 
 def summarize(stored: dict) -> dict[str, dict]:
@@ -93,7 +108,8 @@ def summarize(stored: dict) -> dict[str, dict]:
 
     Every row gains ``"short"`` and ``"long"``: (mean, sample std) over the seeds of the test
     accuracy on short and on long reviews, whichever of the two the method trained on. A row
-    with a longer probe (``row["probe"]``) gains the probe's ``"short"`` and ``"long"`` test accuracy too.
+    with a probe (``row["probe"]``) gains the probe's ``"short"`` and ``"long"`` test accuracy too, after the
+    budget (``row["probe"]["at_budget"]``) and after the extra epochs.
     """
     summary = protocol.summarize(stored, LENGTH_RUNS)
     for key, row in summary.items():
@@ -101,6 +117,6 @@ def summarize(stored: dict) -> dict[str, dict]:
         row[trained_on] = protocol.mean_std(row["test"])
         row[other_length(trained_on)] = protocol.mean_std([run["other_test"] for run in row["runs"]])
         if row["probe"] is not None:
-            row["probe"] = {**row["probe"], trained_on: row["probe"]["test"],
-                            other_length(trained_on): row["probe"]["other_test"]}
+            by_length = lambda run: {**run, trained_on: run["test"], other_length(trained_on): run["other_test"]}
+            row["probe"] = {**by_length(row["probe"]), "at_budget": by_length(row["probe"]["at_budget"])}
     return summary

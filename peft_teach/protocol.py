@@ -11,8 +11,9 @@ Lesson 06 (and the corrected lessons 02-04) compare methods only under these rul
   :data:`HEAD_LR` (head-only training has no other parameters: its grid *is* the head's).
 * **Converged budgets.** Validation accuracy is recorded after every epoch, so the
   learning curves show whether a method is still climbing when the budget ends; a
-  method still climbing (:func:`still_climbing`) gets a probe with 4x the epochs
-  (seed 0), stored beside its runs, so we know what the budget cost it.
+  method still climbing (:func:`still_climbing`) gets a probe (seed 0): the same run,
+  continued for 3x the budget's epochs more from the weights it ended with (:func:`probe`).
+  It is stored beside the method's runs, so we know what the budget cost it.
 * **Reported on test**, at the chosen learning rate, as mean ± sample standard
   deviation (ddof = 1) over the seeds. Selecting on validation and reporting on test
   keeps the selection from flattering the number.
@@ -40,7 +41,10 @@ from peft_teach.train import evaluate, train
 SEEDS = (0, 1, 2)
 BUDGET = dict(epochs=4, batch_size=16)  # 300 steps on 1,200 training examples
 HEAD_LR = 3e-3
-PROBE_EPOCHS = 4 * BUDGET["epochs"]  # a method still climbing at the end of the budget gets one such run (seed 0)
+# A method still climbing at the end of the budget gets one probe (seed 0): the budget, then this many epochs more.
+PROBE_EXTRA_EPOCHS = 3 * BUDGET["epochs"]
+PROBE_EPOCHS = BUDGET["epochs"] + PROBE_EXTRA_EPOCHS  # the probe's whole curve
+CONTINUATION_SEED_OFFSET = 100  # the extra epochs shuffle and drop out with seed + 100: no replay of the budget's batches
 
 
 @dataclass(frozen=True)
@@ -132,9 +136,17 @@ def run(method: str, data: DatasetDict, lr: float, seed: int, tokenizer, budget:
         head_lr: float = HEAD_LR, methods: dict[str, MethodSpec] = METHODS) -> dict:
     """Train ``method`` once under the protocol; the curve on validation and the final test accuracy."""
     model = build_method(method, len(data["train"].features["label"].names), seed, methods)
-    spec = methods[method]
-    return fit(model, data, lr, seed, tokenizer, budget=budget, head_apart=spec.train_head_apart, head_lr=head_lr,
-               lr_scale=spec.lr_scale)
+    return fit(model, data, lr, seed, tokenizer, budget=budget, head_lr=head_lr, **_training_options(methods[method]))
+
+
+def probe(method: str, data: DatasetDict, lr: float, tokenizer, methods: dict[str, MethodSpec] = METHODS) -> dict:
+    """Seed 0's run of ``method`` at ``lr``, then :data:`PROBE_EXTRA_EPOCHS` more epochs from where it ended."""
+    model = build_method(method, len(data["train"].features["label"].names), SEEDS[0], methods)
+    return fit_then_continue(model, data, lr, tokenizer, **_training_options(methods[method]))
+
+
+def _training_options(spec: MethodSpec) -> dict:
+    return {"head_apart": spec.train_head_apart, "lr_scale": spec.lr_scale}
 
 
 def fit(model: nn.Module, data: DatasetDict, lr: float, seed: int, tokenizer, budget: dict | None = None,
@@ -145,6 +157,30 @@ def fit(model: nn.Module, data: DatasetDict, lr: float, seed: int, tokenizer, bu
     return {"lr": lr, "seed": seed, "trainable": history.trainable_parameters,
             "validation_curve": history.eval_accuracy, "validation": history.final_accuracy,
             "test": evaluate(model, data["test"], tokenizer)}
+
+
+def fit_then_continue(model: nn.Module, data: DatasetDict, lr: float, tokenizer, budget: dict | None = None,
+                      measure=None, **fit_options) -> dict:
+    """A probe of a ``model`` built with seed 0: :func:`fit` for the budget, then :data:`PROBE_EXTRA_EPOCHS` more.
+
+    The budget's schedule has decayed the rate to zero, so going on needs a new one: a fresh
+    AdamW with its own warm-up and linear decay over the extra epochs (a warm restart). The run
+    the budget's curve describes is kept, not replaced; restarting from scratch with one long
+    schedule would instead change how long the rate stays high, and so change the run itself.
+    ``measure(model, numbers)`` may add numbers at both points (lesson 04 tests on another length).
+    """
+    measure = measure or (lambda model, numbers: numbers)
+    budget = budget or BUDGET
+    at_budget = measure(model, fit(model, data, lr, SEEDS[0], tokenizer, budget=budget, **fit_options))
+    more = fit(model, data, lr, SEEDS[0] + CONTINUATION_SEED_OFFSET, tokenizer,
+               budget={**budget, "epochs": PROBE_EXTRA_EPOCHS}, **fit_options)
+    return continued(at_budget, measure(model, more))
+
+
+def continued(at_budget: dict, more: dict) -> dict:
+    """A probe's stored numbers: those after the extra epochs, ``at_budget`` kept, and one curve across both."""
+    return {**more, "seed": at_budget["seed"], "at_budget": at_budget,
+            "validation_curve": at_budget["validation_curve"] + more["validation_curve"]}
 
 
 def choose_lr(grid_runs: list[dict]) -> float:
@@ -176,8 +212,8 @@ def still_climbing(curves: list[list[float]], threshold: float = 0.01) -> bool:
 
 
 def probe_key(method: str, lr: float) -> str:
-    """The stored key of ``method``'s longer probe at rate ``lr`` (seed 0, :data:`PROBE_EPOCHS` epochs)."""
-    return f"{method}|lr={lr:g}|seed={SEEDS[0]}|epochs={PROBE_EPOCHS}"
+    """The stored key of ``method``'s probe at rate ``lr``: seed 0, continued :data:`PROBE_EXTRA_EPOCHS` epochs."""
+    return f"{method}|lr={lr:g}|seed={SEEDS[0]}|continued={PROBE_EXTRA_EPOCHS}"
 
 
 def grid_runs(runs: dict, method: str) -> dict[float, dict]:
@@ -369,7 +405,7 @@ def format_grid(summary: dict[str, dict]) -> str:
 
 
 def format_probes(summary: dict[str, dict]) -> str:
-    """One line per method with a longer probe: seed 0 after the budget against seed 0 after 4x the epochs.
+    """One line per method with a probe: seed 0 after the budget, then after the extra epochs that continue it.
 
     The probe is reported, never swapped in: it is one seed, and a longer budget for one
     method only would break the same-budget rule. It says what the budget cost the method.
@@ -377,15 +413,26 @@ def format_probes(summary: dict[str, dict]) -> str:
     width = _label_width(summary)
     lines = []
     for row in summary.values():
-        probe, budget = row["probe"], row["runs"][0]
+        probe = row["probe"]
         if probe is None:
             continue
-        curve = probe["validation_curve"]
+        budget, curve = probe["at_budget"], probe["validation_curve"]
         best_epoch = max(range(len(curve)), key=curve.__getitem__) + 1
         lines.append(f"{row['label']:<{width}} {len(budget['validation_curve'])} epochs: validation {budget['validation']:.3f}, "
-                     f"test {budget['test']:.3f}  |  {len(curve)} epochs: validation {probe['validation']:.3f}, "
-                     f"test {probe['test']:.3f} (best validation {max(curve):.3f} at epoch {best_epoch})")
-    return "\n".join(lines) or "no method was still climbing"
+                     f"test {budget['test']:.3f}  |  +{len(curve) - len(budget['validation_curve'])} epochs: "
+                     f"validation {probe['validation']:.3f}, test {probe['test']:.3f} "
+                     f"(best validation {max(curve):.3f} at epoch {best_epoch} of {len(curve)})")
+    if not lines:
+        return "no method was still climbing"
+    return "\n".join([f"probes: seed 0 after the budget | then {PROBE_EXTRA_EPOCHS} more epochs from its weights "
+                      "(a new warm-up and decay)", *lines])
+
+
+def format_probe_curve(probe: dict, digits: int = 3) -> str:
+    """A probe's validation accuracy after each epoch, ``|`` where the extra epochs begin their new schedule."""
+    cut = len(probe["at_budget"]["validation_curve"])
+    values = [f"{accuracy:.{digits}f}" for accuracy in probe["validation_curve"]]
+    return " ".join(values[:cut]) + " | " + " ".join(values[cut:])
 
 
 def format_convergence(summary: dict[str, dict], window: int | None = None) -> str:

@@ -186,7 +186,8 @@ def settings(recipe: dict) -> dict:
 # Recipe entries that decide only some runs: a method's learning-rate grid and its own settings
 # ("method_settings") decide that method's runs (keys "method|..."), and an entry named like a run ("live")
 # decides that run alone.
-PER_RUN = ("lr_grid", "method_settings", "live")
+# A probe (a key with a fourth part, protocol.probe_key) depends on the recipe's "probe" entry as well.
+PER_RUN = ("lr_grid", "method_settings", "live", "probe")
 
 
 def shared_settings(recipe: dict) -> dict:
@@ -199,7 +200,13 @@ def own_setting(recipe: dict, key: str):
     if key in PER_RUN:
         return recipe.get(key)
     method = key.split("|")[0]
-    return recipe.get("lr_grid", {}).get(method), recipe.get("method_settings", {}).get(method)
+    own = (recipe.get("lr_grid", {}).get(method), recipe.get("method_settings", {}).get(method))
+    return (*own, recipe.get("probe")) if is_probe(key) else own
+
+
+def is_probe(key: str) -> bool:
+    """Whether run ``key`` is a method's probe (protocol.probe_key): its name, rate and seed, then what it adds."""
+    return key.count("|") == 3
 
 
 def still_valid(runs: dict, old: dict, new: dict) -> dict:
@@ -211,8 +218,13 @@ def still_valid(runs: dict, old: dict, new: dict) -> dict:
 
 SELECTION = ("final validation accuracy of seed 0, ties to the smaller learning rate; a best rate at the edge "
              "of the grid adds the next half-decade rate beyond it (at most twice)")
-PROBE_RULE = (f"; a method still rising in its last epoch gets one seed-0 run with "
-              f"{protocol.PROBE_EPOCHS // protocol.BUDGET['epochs']}x the epochs")
+PROBE_RULE = (f"; a method still rising in its last epoch gets one probe: its seed-0 run, continued for "
+              f"{protocol.PROBE_EXTRA_EPOCHS // protocol.BUDGET['epochs']}x the budget's epochs more")
+# What a probe does after the budget (the recipe's "probe" entry; changing it recomputes the probes alone).
+PROBE = {"extra_epochs": f"{protocol.PROBE_EXTRA_EPOCHS // protocol.BUDGET['epochs']}x the budget's",
+         "from": "the weights at the end of the budget",
+         "schedule": "a fresh AdamW, warm-up and linear decay over the extra epochs (a warm restart)",
+         "seed": f"seed + {protocol.CONTINUATION_SEED_OFFSET} for the extra epochs' batches and dropout"}
 
 
 class ResumableStore:
@@ -275,12 +287,12 @@ def grid_then_seeds(store: ResumableStore, methods: dict, run, extensions: int =
     return chosen
 
 
-def probe_the_still_climbing(store: ResumableStore, chosen: dict[str, float], train_longer) -> None:
-    """A method whose curves still rise at the end of the budget: one seed-0 run with protocol.PROBE_EPOCHS."""
+def probe_the_still_climbing(store: ResumableStore, chosen: dict[str, float], probe) -> None:
+    """A method whose curves still rise at the end of the budget: ``probe(method, lr)``, stored once."""
     for method, lr in chosen.items():
         curves = [store.stored["runs"][run_key(method, lr, seed)]["validation_curve"] for seed in protocol.SEEDS]
         if protocol.still_climbing(curves):
-            store.get(protocol.probe_key(method, lr), lambda: train_longer(method, lr, protocol.PROBE_EPOCHS))
+            store.get(protocol.probe_key(method, lr), lambda: probe(method, lr))
 
 
 def run_protocol(name: str, data, tokenizer, description: str) -> None:
@@ -289,13 +301,12 @@ def run_protocol(name: str, data, tokenizer, description: str) -> None:
               "lr_grid": {m: list(spec.lr_grid) for m, spec in protocol.METHODS.items()},
               "train_examples": len(data["train"]), "validation_examples": len(data["validation"]),
               "test_examples": len(data["test"]),
-              "selection": SELECTION + PROBE_RULE,
+              "selection": SELECTION + PROBE_RULE, "probe": PROBE,
               "metric": "accuracy; validation after every epoch, test at the end"}
     store = ResumableStore(name, recipe)
     chosen = grid_then_seeds(store, protocol.METHODS,
                              lambda method, lr, seed: protocol.run(method, data, lr, seed, tokenizer))
-    probe_the_still_climbing(store, chosen, lambda method, lr, epochs: protocol.run(
-        method, data, lr, protocol.SEEDS[0], tokenizer, budget={**protocol.BUDGET, "epochs": epochs}))
+    probe_the_still_climbing(store, chosen, lambda method, lr: protocol.probe(method, data, lr, tokenizer))
 
 
 def sst2_methods_beside_protocol(name: str, methods: dict, tokenizer, **described) -> None:
@@ -306,13 +317,12 @@ def sst2_methods_beside_protocol(name: str, methods: dict, tokenizer, **describe
               **protocol.BUDGET, "head_lr": protocol.HEAD_LR, "seeds": list(protocol.SEEDS),
               "lr_grid": {m: list(spec.lr_grid) for m, spec in methods.items()}, **described,
               "train_examples": len(data["train"]), "validation_examples": len(data["validation"]),
-              "test_examples": len(data["test"]), "selection": SELECTION + PROBE_RULE,
+              "test_examples": len(data["test"]), "selection": SELECTION + PROBE_RULE, "probe": PROBE,
               "metric": "accuracy; validation after every epoch, test at the end"}
     store = ResumableStore(name, recipe)
     chosen = grid_then_seeds(store, methods, lambda method, lr, seed: protocol.run(
         method, data, lr, seed, tokenizer, methods=methods))
-    probe_the_still_climbing(store, chosen, lambda method, lr, epochs: protocol.run(
-        method, data, lr, protocol.SEEDS[0], tokenizer, budget={**protocol.BUDGET, "epochs": epochs}, methods=methods))
+    probe_the_still_climbing(store, chosen, lambda method, lr: protocol.probe(method, data, lr, tokenizer, methods))
 
 
 def qlora_sst2(tokenizer) -> None:
@@ -415,13 +425,12 @@ def length_tradeoff(tokenizer) -> None:
     recipe = {"tasks": {"short": "sentiment", "long": "sentiment_long"}, "budgets": lengths.BUDGETS,
               "head_lr": protocol.HEAD_LR, "seeds": list(protocol.SEEDS),
               "lr_grid": {key: list(spec.lr_grid) for key, spec in lengths.LENGTH_RUNS.items()},
-              "selection": SELECTION + " (validation on the inputs it trains on)" + PROBE_RULE,
+              "selection": SELECTION + " (validation on the inputs it trains on)" + PROBE_RULE, "probe": PROBE,
               "metric": "test accuracy on the inputs it trains on (test) and on the other length (other_test)"}
     store = ResumableStore("length_tradeoff", recipe)
     chosen = grid_then_seeds(store, lengths.LENGTH_RUNS,
                              lambda key, lr, seed: lengths.run(key, tasks, lr, seed, tokenizer))
-    probe_the_still_climbing(store, chosen, lambda key, lr, epochs: lengths.run(
-        key, tasks, lr, protocol.SEEDS[0], tokenizer, epochs=epochs))
+    probe_the_still_climbing(store, chosen, lambda key, lr: lengths.probe(key, tasks, lr, tokenizer))
 
 
 def llm_recipe(task: llm_experiments.GenerationTask, data, description: str, metric: str) -> dict:

@@ -36,8 +36,9 @@ def test_a_run_is_also_tested_on_the_other_length(tokenizer, monkeypatch):
             for name, task in (("short", "sentiment"), ("long", "sentiment_long"))}
     result = lengths.run("lora@long", tiny, 1e-3, seed=0, tokenizer=tokenizer)
     assert 0.0 <= result["other_test"] <= 1.0 and len(result["validation_curve"]) == 1
-    longer = lengths.run("lora@long", tiny, 1e-3, seed=0, tokenizer=tokenizer, epochs=2)  # a probe's budget
-    assert len(longer["validation_curve"]) == 2
+    probe = lengths.probe("lora@long", tiny, 1e-3, tokenizer=tokenizer)  # the budget, then more epochs
+    assert len(probe["validation_curve"]) == 1 + protocol.PROBE_EXTRA_EPOCHS
+    assert 0.0 <= probe["at_budget"]["other_test"] <= 1.0 and 0.0 <= probe["other_test"] <= 1.0
 
 
 def test_stored_length_runs_follow_the_current_recipe():
@@ -56,6 +57,9 @@ def test_stored_length_runs_follow_the_current_recipe():
         spec = lengths.LENGTH_RUNS[name]
         if probe:  # the one longer run of a method still climbing
             assert key == protocol.probe_key(name, run["lr"])
+            budget_epochs = lengths.BUDGETS[spec.train_on]["epochs"]
+            assert run["validation_curve"][:budget_epochs] == run["at_budget"]["validation_curve"]
+            assert 0.0 <= run["at_budget"]["other_test"] <= 1.0
         epochs = protocol.PROBE_EPOCHS if probe else lengths.BUDGETS[spec.train_on]["epochs"]
         assert len(run["validation_curve"]) == epochs, key
         assert 0.0 <= run["test"] <= 1.0 and 0.0 <= run["other_test"] <= 1.0, key
@@ -73,11 +77,15 @@ def test_summary_files_each_accuracy_under_the_length_it_was_tested_on():
                 "lr": min(spec.lr_grid), "validation": 0.5, "test": same + 0.01 * seed, "other_test": other,
                 "validation_curve": [0.5], "trainable": 1}
     lr = min(lengths.LENGTH_RUNS["lora@long"].lr_grid)
-    runs[protocol.probe_key("lora@long", lr)] = {"lr": lr, "validation": 0.9, "test": 0.95, "other_test": 0.85,
-                                                 "validation_curve": [0.5] * protocol.PROBE_EPOCHS, "trainable": 1}
+    at_budget = {"lr": lr, "seed": 0, "validation": 0.5, "test": 0.55, "other_test": 0.52, "validation_curve": [0.5]}
+    runs[protocol.probe_key("lora@long", lr)] = protocol.continued(at_budget, {
+        "lr": lr, "validation": 0.9, "test": 0.95, "other_test": 0.85, "trainable": 1,
+        "validation_curve": [0.5] * protocol.PROBE_EXTRA_EPOCHS})
     summary = lengths.summarize({"runs": runs})
     assert summary["lora@short"]["short"][0] == pytest.approx(0.91) and summary["lora@short"]["long"] == (0.6, 0.0)
     assert summary["lora@long"]["long"][0] == pytest.approx(0.81) and summary["lora@long"]["short"] == (0.7, 0.0)
     # the probe is filed by length too, and left out of the seeds' mean
     assert (summary["lora@long"]["probe"]["long"], summary["lora@long"]["probe"]["short"]) == (0.95, 0.85)
+    at_budget = summary["lora@long"]["probe"]["at_budget"]
+    assert (at_budget["long"], at_budget["short"]) == (0.55, 0.52)
     assert summary["lora@short"]["probe"] is None

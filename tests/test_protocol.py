@@ -115,8 +115,47 @@ def test_stored_protocol_runs_follow_the_current_recipe(name):
         assert method in protocol.METHODS and float(lr.removeprefix("lr=")) == run["lr"]
         if probe:  # the one longer run of a method still climbing
             assert key == protocol.probe_key(method, run["lr"])
+            assert_it_continues_the_budget(run, protocol.BUDGET["epochs"])
         epochs = protocol.PROBE_EPOCHS if probe else protocol.BUDGET["epochs"]
         assert 0.0 <= run["test"] <= 1.0 and len(run["validation_curve"]) == epochs
+
+
+def assert_it_continues_the_budget(probe: dict, budget_epochs: int) -> None:
+    """A stored probe holds its run after the budget, and one curve that goes on from it."""
+    at_budget = probe["at_budget"]
+    assert len(at_budget["validation_curve"]) == budget_epochs and 0.0 <= at_budget["test"] <= 1.0
+    assert probe["validation_curve"][:budget_epochs] == at_budget["validation_curve"]
+    assert len(probe["validation_curve"]) == budget_epochs + protocol.PROBE_EXTRA_EPOCHS
+
+
+@pytest.mark.parametrize("name", ["protocol_sentiment", "protocol_sst2", "qlora_sst2", "variants_sst2",
+                                  "length_tradeoff"])
+def test_stored_probes_were_made_by_todays_probe_rule(name):
+    """The recipe's probe entry decides the probes alone: a changed rule recomputes them, and only them."""
+    import sys
+    from pathlib import Path
+
+    from peft_teach import precomputed
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import precompute
+
+    stored = precomputed.load(name)
+    assert stored["recipe"]["probe"] == precompute.PROBE
+    probes = [key for key in stored["runs"] if precompute.is_probe(key)]
+    if not probes:
+        pytest.skip(f"{name}: no method was still climbing, so there is no probe")
+    changed = {**stored["recipe"], "probe": {**precompute.PROBE, "schedule": "something else"}}
+    assert set(precompute.still_valid(stored["runs"], stored["recipe"], changed)) == set(stored["runs"]) - set(probes)
+    for key in probes:  # each re-trains the table's seed-0 run before going on. Not bit for bit: the probes ran on
+        # another machine and thread count, and rounding differences grow over a run, so allow a point, or two
+        # sample stds of the method's seeds where those are wider (the soft prompt at its high rate).
+        probe, budget_run = stored["runs"][key], stored["runs"][key.rsplit("|", 1)[0]]
+        method, lr = key.split("|")[:2]
+        seeds = [stored["runs"][f"{method}|{lr}|seed={seed}"]["test"] for seed in protocol.SEEDS]
+        tolerance = max(0.01, 2 * protocol.mean_std(seeds)[1])
+        for number in ("validation", "test"):
+            assert probe["at_budget"][number] == pytest.approx(budget_run[number], abs=tolerance), (key, number)
 
 
 def test_tables_mark_the_chosen_rate_and_print_mean_and_sample_std():
@@ -157,25 +196,47 @@ def test_summary_chooses_among_extended_rates_and_ignores_longer_probes():
     beyond = protocol.rate_beyond_edge(list(protocol.METHODS["lora"].lr_grid), best)
     store["runs"][f"lora|lr={beyond:g}|seed=0"] = {"lr": beyond, "validation": 0.95, "test": 0.9,
                                                    "validation_curve": [0.5, 0.95], "trainable": 10}
-    store["runs"][f"lora|lr={best:g}|seed=0|epochs=16"] = {"lr": best, "validation": 0.99, "test": 0.99,
-                                                           "validation_curve": [0.5] * 16, "trainable": 10}
+    store["runs"][protocol.probe_key("lora", best)] = {"lr": best, "validation": 0.99, "test": 0.99,
+                                                       "validation_curve": [0.5] * 16, "trainable": 10}
     row = protocol.summarize(store)
     assert "lora" not in row  # the extension won, but its other seeds are not stored yet
     assert list(protocol.grid_runs(store["runs"], "lora")) == sorted([*protocol.METHODS["lora"].lr_grid, beyond])
 
 
-def test_a_longer_probe_is_reported_beside_the_budget_run_and_never_swapped_in():
+def test_a_probe_is_reported_beside_the_budget_run_and_never_swapped_in():
     store = fake_store()
     best = protocol.METHODS["lora"].lr_grid[-1]
-    curve = [0.5, 0.9] + [0.8] * (protocol.PROBE_EPOCHS - 2)
-    store["runs"][protocol.probe_key("lora", best)] = {"lr": best, "validation": 0.8, "test": 0.95,
-                                                       "validation_curve": curve, "trainable": 10}
+    at_budget = {"lr": best, "seed": 0, "validation": 0.71, "test": 0.61, "validation_curve": [0.5, 0.71]}
+    more = {"lr": best, "seed": 100, "validation": 0.8, "test": 0.95, "validation_curve": [0.9] + [0.8] * 11}
+    store["runs"][protocol.probe_key("lora", best)] = protocol.continued(at_budget, more)
     row = protocol.summarize(store)["lora"]
-    assert row["probe"]["test"] == 0.95
+    assert row["probe"]["test"] == 0.95 and row["probe"]["seed"] == 0
     assert row["test"] == pytest.approx([0.6, 0.8, 0.9])  # the table still reports the budget's runs
     line = protocol.format_probes({"lora": row})
-    assert "2 epochs: validation 0.700, test 0.600" in line
-    assert f"{protocol.PROBE_EPOCHS} epochs: validation 0.800, test 0.950 (best validation 0.900 at epoch 2)" in line
+    assert "2 epochs: validation 0.710, test 0.610" in line  # the probe's own budget, not the table's seed 0
+    assert "+12 epochs: validation 0.800, test 0.950 (best validation 0.900 at epoch 3 of 14)" in line
+    assert protocol.format_probe_curve(row["probe"], digits=2) == "0.50 0.71 | 0.90 " + " ".join(["0.80"] * 11)
+
+
+def test_a_probe_continues_the_budget_run_from_its_weights(tokenizer, monkeypatch):
+    from datasets import DatasetDict
+
+    from peft_teach import data
+
+    tiny = DatasetDict({split: rows.select(range(8)) for split, rows in data.load_task("sentiment").items()})
+    calls = []
+    fit = protocol.fit
+    monkeypatch.setattr(protocol, "fit", lambda model, *args, **kwargs: calls.append((model, args, kwargs))
+                        or fit(model, *args, **kwargs))
+    result = protocol.probe("lora", tiny, 1e-3, tokenizer)
+    (first, first_args, first_kwargs), (then, then_args, then_kwargs) = calls
+    assert then is first  # the same model goes on training: no fresh start
+    assert first_args[2] == 0 and then_args[2] == protocol.CONTINUATION_SEED_OFFSET  # its own batches
+    assert then_kwargs["budget"]["epochs"] == protocol.PROBE_EXTRA_EPOCHS
+    assert len(result["at_budget"]["validation_curve"]) == protocol.BUDGET["epochs"]
+    assert len(result["validation_curve"]) == protocol.PROBE_EPOCHS
+    # and the budget part is seed 0's ordinary run
+    assert result["at_budget"]["test"] == protocol.run("lora", tiny, 1e-3, 0, tokenizer)["test"]
 
 
 def test_without_probes_the_report_says_so():
